@@ -1,0 +1,117 @@
+"""Experts that make demonstrations: the planner and an exploring expert.
+
+The planner (Fast Downward via the engine's `policy_commands`) is optimal and omniscient.
+The exploring expert knows only the goal (the task sentence, as `pddl_params`) and what it
+sees: it visits receptacles in a fixed, visible order (sorted `go to` targets, skipping
+receptacle kinds that cannot hold the object), opens closed ones, and acts through the
+admissible commands. So a policy without hidden state knowledge can imitate it. It is our
+own code path, free of the two faults of alfworld 0.4.2's handcoded expert (the ignored
+`expert_type` and the inventory tracked on `put` only, which loops on pick-two games).
+"""
+
+from __future__ import annotations
+
+import re
+
+from alfworld.gen import constants
+
+_CAN_HOLD = {recep.lower(): {o.lower() for o in objs} for recep, objs in constants.VAL_RECEPTACLE_OBJECTS.items()}
+_TOOLS = {  # task type -> (verb, receptacle kind)
+    "pick_clean_then_place_in_recep": ("clean", "sinkbasin"),
+    "pick_heat_then_place_in_recep": ("heat", "microwave"),
+    "pick_cool_then_place_in_recep": ("cool", "fridge"),
+}
+_NAME_RE = re.compile(r"^([a-z]+) (\d+)$")
+
+
+def kind_of(name: str) -> str:
+    """'cabinet 12' -> 'cabinet'."""
+    match = _NAME_RE.match(name.strip())
+    return match.group(1) if match else name.strip()
+
+
+class ExploringExpert:
+    """A memory-light explorer for one episode; `act` maps (text, admissible) to a command."""
+
+    def __init__(self, task_type: str, params: dict[str, str]) -> None:
+        self.task_type = task_type
+        self.target = params.get("object_target", "").lower()
+        self.parent = params.get("parent_target", "").lower()
+        self.lamp = params.get("toggle_target", "").lower()
+        if not self.target:
+            raise ValueError(f"exploring expert needs pddl_params.object_target, got {params}")
+        self.location = ""
+        self.holding = ""
+        self.placed: set[str] = set()
+        self.visited: set[str] = set()
+        self.phase = "find"
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _goto_next(self, admissible: list[str], wanted: str | None) -> str:
+        """Go to the next unvisited receptacle in sorted order (only kinds that can hold `wanted`)."""
+        targets = sorted(c[len("go to "):] for c in admissible if c.startswith("go to "))
+        candidates = [t for t in targets if wanted is None or wanted in _CAN_HOLD.get(kind_of(t), {wanted})]
+        for name in candidates:
+            if name not in self.visited:
+                return f"go to {name}"
+        self.visited.clear()  # searched everything once: search again from the start
+        return f"go to {candidates[0]}" if candidates else "look"
+
+    def _goto_kind(self, admissible: list[str], kind: str) -> str:
+        names = sorted(c[len("go to "):] for c in admissible if c.startswith("go to ") and kind_of(c[6:]) == kind)
+        return f"go to {names[0]}" if names else self._goto_next(admissible, None)
+
+    def _open_here(self, admissible: list[str]) -> str | None:
+        command = f"open {self.location}"
+        return command if self.location and command in admissible else None
+
+    # -- policy -------------------------------------------------------------------------------
+    def act(self, text: str, admissible: list[str]) -> str:
+        """The next command; also updates the expert's own state as if the command succeeds."""
+        command = self._choose(admissible)
+        if command.startswith("go to "):
+            self.location = command[len("go to "):]
+            self.visited.add(self.location)
+        elif command.startswith("take "):
+            self.holding = command[len("take "):].split(" from ")[0]
+            self.phase = "tool" if self.task_type in _TOOLS else "lamp" if self.lamp and not self.parent else "place"
+            self.visited.clear()
+        elif command.startswith(("clean ", "heat ", "cool ")):
+            self.phase = "place"
+        elif command.startswith("move "):
+            self.placed.add(self.holding)
+            self.holding = ""
+            self.phase = "find" if len(self.placed) < self._needed() else "done"
+            self.visited.clear()
+        return command
+
+    def _needed(self) -> int:
+        return 2 if self.task_type == "pick_two_obj_and_place" else 1
+
+    def _choose(self, admissible: list[str]) -> str:
+        if self.phase == "find":
+            for command in sorted(admissible):
+                if command.startswith(f"take {self.target} "):
+                    obj = command[len("take "):].split(" from ")[0]
+                    if kind_of(obj) == self.target and obj not in self.placed:
+                        return command
+            return self._open_here(admissible) or self._goto_next(admissible, self.target)
+        if self.phase == "tool":
+            verb, kind = _TOOLS[self.task_type]
+            for command in sorted(admissible):
+                if command.startswith(f"{verb} {self.holding} with ") and kind_of(command.split(" with ")[1]) == kind:
+                    return command
+            return self._goto_kind(admissible, kind)
+        if self.phase == "place":
+            for command in sorted(admissible):
+                if command.startswith(f"move {self.holding} to ") and kind_of(command.split(" to ")[-1]) == self.parent:
+                    return command
+            if kind_of(self.location) == self.parent:
+                return self._open_here(admissible) or self._goto_kind(admissible, self.parent)
+            return self._goto_kind(admissible, self.parent)
+        if self.phase == "lamp":
+            for command in sorted(admissible):
+                if command.startswith(f"use {self.lamp} "):
+                    return command
+            return self._goto_next(admissible, None)
+        return "look"
