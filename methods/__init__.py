@@ -1,5 +1,13 @@
-"""Distillation methods: SAGE-OPD, its ablations and baselines, over plain tensors."""
+"""Distillation methods over plain tensors: SAGE-OPD, its ablations and baselines (sage_opd.md)."""
 
-from methods.estimators import ESTIMATORS, reverse_kl, token_loss
+from methods import baselines, sage  # noqa: F401  (importing registers the methods)
+from methods.batch import LABELS, MethodBatch, Totals
+from methods.estimators import ESTIMATORS, TOKEN_LOSSES, reverse_kl, token_loss
+from methods.method import Method
+from methods.registry import available, get, register
+from methods.stats import merge_stats
 
-__all__ = ["ESTIMATORS", "reverse_kl", "token_loss"]
+__all__ = [
+    "ESTIMATORS", "LABELS", "TOKEN_LOSSES", "Method", "MethodBatch", "Totals", "available",
+    "get", "merge_stats", "register", "reverse_kl", "token_loss",
+]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Per-token distillation losses (the `estimator` knob of sage_opd.md): full_kl, sampled, jsd.
+"""Per-token losses (the `estimator` knob of sage_opd.md): full_kl, sampled, jsd; nll for sft.
 
 Every estimator maps student/teacher logits at N response positions to a loss_N. Gradients flow
 through the student logits only: the teacher is scored under no_grad and is detached here again so
@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ESTIMATORS: tuple[str, ...] = ("full_kl", "sampled", "jsd")
+ESTIMATORS: tuple[str, ...] = ("full_kl", "sampled", "jsd")  # distillation estimators
+TOKEN_LOSSES: tuple[str, ...] = (*ESTIMATORS, "nll")  # nll: sft's loss, needs no teacher
 
 
 def _check_vocab(student_logits_N_V: Tensor, teacher_logits_N_V: Tensor) -> None:
@@ -61,7 +62,8 @@ def _generalized_jsd(student_logp_N_V: Tensor, teacher_logp_N_V: Tensor, beta: f
     # log M via logsumexp: never forms beta*p_T + (1-beta)*p_S in probability space, where tiny
     # probabilities underflow and log(0) would give -inf.
     mixture_logp_N_V = torch.logsumexp(
-        torch.stack([teacher_logp_N_V + math.log(beta), student_logp_N_V + math.log1p(-beta)]), dim=0
+        torch.stack([teacher_logp_N_V + math.log(beta), student_logp_N_V + math.log1p(-beta)]),
+        dim=0,
     )
     kl_teacher_N = (teacher_p_N_V * (teacher_logp_N_V - mixture_logp_N_V)).sum(-1)
     kl_student_N = (student_p_N_V * (student_logp_N_V - mixture_logp_N_V)).sum(-1)
@@ -80,7 +82,9 @@ def _sampled_surrogate(
     # gradient, -A * grad log p_S(y) = (log p_S(y) - log p_T(y)) * grad log p_S(y), which is the
     # score-function estimate of grad KL(S||T) for y ~ p_S.
     if sampled_ids_N is None or old_logp_N is None:
-        raise ValueError("estimator 'sampled' needs sampled_ids_N and old_logp_N (rollout log-probs)")
+        raise ValueError(
+            "estimator 'sampled' needs sampled_ids_N and old_logp_N (rollout log-probs)"
+        )
     ids_N1 = sampled_ids_N.long().unsqueeze(-1)
     student_logp_N = student_logp_N_V.gather(-1, ids_N1).squeeze(-1)
     teacher_logp_N = teacher_logp_N_V.gather(-1, ids_N1).squeeze(-1)
@@ -99,7 +103,7 @@ def _sampled_surrogate(
 def token_loss(
     estimator: str,
     student_logits_N_V: Tensor,
-    teacher_logits_N_V: Tensor,
+    teacher_logits_N_V: Tensor | None,
     sampled_ids_N: Tensor | None = None,
     old_logp_N: Tensor | None = None,
     *,
@@ -108,6 +112,17 @@ def token_loss(
     temperature: float = 1.0,
 ) -> Tensor:
     """Per-token loss_N (float32) of `estimator`; teacher logits are divided by `temperature`."""
+    if estimator == "nll":
+        if sampled_ids_N is None:
+            raise ValueError("estimator 'nll' needs sampled_ids_N (the target tokens)")
+        student_logp_N_V = F.log_softmax(student_logits_N_V.float(), dim=-1)
+        return -student_logp_N_V.gather(-1, sampled_ids_N.long().unsqueeze(-1)).squeeze(-1)
+    if estimator not in ESTIMATORS:
+        raise ValueError(
+            f"unknown estimator {estimator!r}; choose one of {', '.join(TOKEN_LOSSES)}"
+        )
+    if teacher_logits_N_V is None:
+        raise ValueError(f"estimator {estimator!r} needs teacher logits; only 'nll' works without")
     student_logp_N_V, teacher_logp_N_V = _log_probs(
         student_logits_N_V, teacher_logits_N_V, temperature
     )
@@ -115,8 +130,6 @@ def token_loss(
         return (student_logp_N_V.exp() * (student_logp_N_V - teacher_logp_N_V)).sum(-1)
     if estimator == "jsd":
         return _generalized_jsd(student_logp_N_V, teacher_logp_N_V, beta)
-    if estimator == "sampled":
-        return _sampled_surrogate(
-            student_logp_N_V, teacher_logp_N_V, sampled_ids_N, old_logp_N, clip_eps
-        )
-    raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    return _sampled_surrogate(
+        student_logp_N_V, teacher_logp_N_V, sampled_ids_N, old_logp_N, clip_eps
+    )
