@@ -1,0 +1,161 @@
+"""ALFWorld prompts in the verl-agent style, and parsing the agent's action out of its reply.
+
+Two layouts (see rollout.py): `window` renders each turn as one fresh chat (the task, a
+bounded history of (observation, action) pairs, the current observation, the admissible
+actions); `full` keeps one growing chat whose later user messages carry the engine's
+feedback. In both, EVERY user message starts with the task sentence: a known evaluator bug
+dropped it after step 2 and halved success (alfworld.md), so this module never lets a
+prompt go out without it.
+
+The text is kept compact because the tiny default models have short contexts and a
+word-level tokenizer (one token per word, number and punctuation mark).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+ANSWER_FORMATS = ("action", "think_action")
+
+# For instruction-tuned LLMs (verl-agent's wording, shortened).
+THINK_ACTION_INSTRUCTION = (
+    "You are an expert agent operating in the ALFRED Embodied Environment. "
+    "First reason step by step about the current situation inside <think> </think> tags. "
+    "Then choose one admissible action for the current step and give it inside "
+    "<action> </action> tags."
+)
+
+_ACTION_RE = re.compile(r"<action>(.*?)</action>", re.S | re.I)
+_WHITESPACE_RE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """What the agent is shown each turn and how it must answer (every field is a knob)."""
+
+    history: int = 2
+    """Past (observation, action) pairs shown in the `window` layout; -1 = all, 0 = none
+    (verl-agent's default is 2)."""
+    show_admissible: bool = True
+    """List the admissible actions of the current state."""
+    answer_format: str = "action"
+    """'action': the reply is the bare action (tiny models); 'think_action':
+    `<think>...</think><action>...</action>` (instruction-tuned LLMs)."""
+    drop_help: bool = True
+    """Leave 'help' out of the listed admissible actions (it only prints the command list)."""
+    system_prompt: str | None = None
+    """Optional system message text; None = no system message."""
+
+    def __post_init__(self) -> None:
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, not {self.answer_format!r}")
+        if self.history < -1:
+            raise ValueError(f"history must be -1 (all), 0 or a positive count, not {self.history}")
+
+
+@dataclass(frozen=True)
+class ParsedAction:
+    """The command sent to the engine, and whether the reply was well-formed and admissible."""
+
+    action: str
+    parseable: bool
+    admissible: bool
+
+
+def normalize_action(text: str) -> str:
+    """Lowercase, strip, and collapse runs of whitespace to one space."""
+    return _WHITESPACE_RE.sub(" ", text).strip().lower()
+
+
+def _task_line(task: str) -> str:
+    if not task.strip():
+        # Every prompt must carry the task: an empty one means the env state lost it.
+        raise ValueError("empty task sentence: every prompt must state the task (check the env reset)")
+    return f"Your task is to: {task.strip()}"
+
+
+def _admissible_line(admissible: list[str], settings: PromptSettings) -> str | None:
+    if not settings.show_admissible:
+        return None
+    shown = [a for a in admissible if not (settings.drop_help and a.strip().lower() == "help")]
+    return "Admissible actions: " + ", ".join(shown)
+
+
+def _closing_lines(admissible: list[str], settings: PromptSettings) -> list[str]:
+    lines = [line for line in [_admissible_line(admissible, settings)] if line is not None]
+    if settings.answer_format == "think_action":
+        lines.append(THINK_ACTION_INSTRUCTION)
+    return lines
+
+
+def system_messages(settings: PromptSettings) -> list[dict[str, str]]:
+    """The system message, if the settings have one, as a list to prepend to a chat."""
+    return [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
+
+
+def render_window_messages(
+    task: str,
+    history: list[tuple[str, str]],
+    observation: str,
+    admissible: list[str],
+    settings: PromptSettings,
+) -> list[dict[str, str]]:
+    """Chat messages for one turn of the `window` layout: task, last pairs, observation, actions.
+
+    `history` holds every past (observation, action) pair of the episode, oldest first; the
+    settings decide how many are shown.
+    """
+    if settings.history == -1:
+        shown = history
+    else:
+        shown = history[-settings.history:] if settings.history else []
+    lines = [_task_line(task)]
+    if shown:
+        lines.append(f"You have taken {len(history)} steps. The last {len(shown)}:")
+        for past_observation, past_action in shown:
+            lines.append(f"Observation: {past_observation.strip()}")
+            lines.append(f"Action: {past_action.strip()}")
+    lines.append(f"Observation: {observation.strip()}")
+    lines += _closing_lines(admissible, settings)
+    return system_messages(settings) + [{"role": "user", "content": "\n".join(lines)}]
+
+
+def render_first_user_message(
+    task: str, observation: str, admissible: list[str], settings: PromptSettings
+) -> dict[str, str]:
+    """The first user message of the `full` layout (prepend `system_messages(settings)`)."""
+    return render_window_messages(task, [], observation, admissible, settings)[-1]
+
+
+def render_next_user_message(
+    task: str, feedback: str, admissible: list[str], settings: PromptSettings
+) -> dict[str, str]:
+    """A later user message of the `full` layout: the task restated, feedback, actions."""
+    lines = [_task_line(task), f"Observation: {feedback.strip()}"] + _closing_lines(admissible, settings)
+    return {"role": "user", "content": "\n".join(lines)}
+
+
+def format_response(action: str, settings: PromptSettings, thought: str = "") -> str:
+    """The assistant reply that states `action` in the settings' answer format (for SFT)."""
+    if settings.answer_format == "think_action":
+        return f"<think>{thought}</think><action>{action}</action>"
+    return action
+
+
+def parse_action(response_text: str, admissible: list[str], settings: PromptSettings) -> ParsedAction:
+    """Read the action from a reply; an unparseable reply is passed on as written.
+
+    'action' format: the whole reply, normalized. 'think_action': the content of the last
+    <action>...</action>. An empty or missing action gives parseable=False and the raw text
+    as the action, so the engine answers it ("Nothing happens.") and it counts as invalid.
+    """
+    if settings.answer_format == "think_action":
+        matches = _ACTION_RE.findall(response_text)
+        action = normalize_action(matches[-1]) if matches else ""
+    else:
+        action = normalize_action(response_text)
+    if not action:
+        return ParsedAction(response_text, parseable=False, admissible=False)
+    allowed = {normalize_action(a) for a in admissible}
+    return ParsedAction(action, parseable=True, admissible=action in allowed)

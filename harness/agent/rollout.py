@@ -1,0 +1,345 @@
+"""Batched multi-turn rollouts: every turn, one `generate` over all envs still running.
+
+The output is one `Trajectory` per game with the EXACT sampled token ids (generated text is
+never re-tokenized) and its training data:
+- layout `full` (tinker-cookbook style): one `Datum` per trajectory. Its ids are the first
+  prompt (chat template) + turn 0's sampled ids + the next user turn and assistant header +
+  turn 1's sampled ids + ... The generation context of turn t is exactly the Datum prefix
+  before turn t's response, so one forward pass over the Datum scores every turn as it was
+  sampled.
+- layout `window` (verl-agent style): one `Datum` per turn (that turn's prompt + its ids).
+
+`sample_logprobs` holds log_softmax(raw logits)[sampled id]: the student's distribution at
+temperature 1 with no top-p/top-k, computed from `output_logits` (logits before any logits
+processor). That is exactly what scoring recomputes from a forward pass, whatever
+temperature/top-p the tokens were sampled with.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig
+
+from harness.agent.prompt import (
+    PromptSettings,
+    normalize_action,
+    parse_action,
+    render_first_user_message,
+    render_next_user_message,
+    render_window_messages,
+    system_messages,
+)
+from harness.agent.trajectory import Datum, Trajectory, Turn
+from harness.envs.games import GameInfo
+from harness.envs.pool import EnvPool
+
+LAYOUTS = ("full", "window")
+_MARK_ASSISTANT, _MARK_USER = "@@assistant-marker@@", "@@user-marker@@"
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How trajectories are sampled (every field is a knob)."""
+
+    layout: str = "full"
+    """'full': one growing chat, one Datum per trajectory; 'window': one Datum per turn."""
+    temperature: float = 1.0
+    """Sampling temperature (train default 1.0; evaluation often 0.4)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass; 1.0 = off."""
+    greedy: bool = False
+    """Argmax decoding (temperature and top_p are then unused)."""
+    max_new_tokens: int = 32
+    """Tokens per response; a response cut here still counts (its action is usually invalid)."""
+    max_turns: int | None = None
+    """Turns per episode; None = until the pool ends the episode (its step cap)."""
+    max_batch_envs: int | None = None
+    """Envs per generate call; None = all running envs in one call. `output_logits` keeps
+    B x new tokens x vocab floats, so large vocabularies may need smaller calls."""
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, not {self.layout!r}")
+        if not self.greedy and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling (got {self.temperature}); use greedy=True for argmax")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, not {self.max_new_tokens}")
+        if self.max_turns is not None and self.max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1 or None, not {self.max_turns}")
+        if self.max_batch_envs is not None and self.max_batch_envs < 1:
+            raise ValueError(f"max_batch_envs must be >= 1 or None, not {self.max_batch_envs}")
+
+
+class ChatTokens:
+    """The chat frame of one tokenizer, worked out once from its chat template.
+
+    `between_turns(user_message)` gives the ids that follow an assistant reply's end-of-turn
+    token: for ChatML "\\n<|im_start|>user\\n{content}<|im_end|>\\n<|im_start|>assistant\\n".
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        probe = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": _MARK_ASSISTANT}]
+        before = tokenizer.apply_chat_template(probe, tokenize=False)
+        after = tokenizer.apply_chat_template(probe + [{"role": "user", "content": _MARK_USER}],
+                                              tokenize=False, add_generation_prompt=True)
+        if not after.startswith(before) or _MARK_ASSISTANT not in before:
+            raise ValueError(
+                f"the chat template of {type(tokenizer).__name__} does not render a conversation as a prefix "
+                "of its continuation, so the `full` layout cannot extend turns token by token; use layout=window."
+            )
+        reply_tail = before[before.index(_MARK_ASSISTANT) + len(_MARK_ASSISTANT):]
+        self.end_of_turn = self._end_of_turn_token(reply_tail)
+        self.end_of_turn_id = tokenizer.convert_tokens_to_ids(self.end_of_turn)
+        between = reply_tail[len(self.end_of_turn):] + after[len(before):]
+        self._user_prefix, self._user_suffix = between.split(_MARK_USER)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_of_turn_id
+
+    def _end_of_turn_token(self, reply_tail: str) -> str:
+        candidates = [self.tokenizer.eos_token] + list(self.tokenizer.all_special_tokens)
+        for token in candidates:
+            if token and reply_tail.startswith(token):
+                return token
+        raise ValueError(
+            f"the chat template ends an assistant reply with {reply_tail[:20]!r}, which starts with no special "
+            "token of the tokenizer; generation could not stop at the end of a turn."
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> tuple[list[int], str]:
+        """A fresh chat with the assistant header appended: (ids, text)."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.encode(text), text
+
+    def between_turns(self, user_message: dict[str, str]) -> list[int]:
+        """Ids from after an assistant's end-of-turn token to the next assistant header."""
+        return self.encode(self._user_prefix + user_message["content"] + self._user_suffix)
+
+
+_CHAT_TOKENS: dict[int, ChatTokens] = {}
+
+
+def chat_tokens(tokenizer) -> ChatTokens:
+    """The cached `ChatTokens` of this tokenizer object."""
+    cached = _CHAT_TOKENS.get(id(tokenizer))
+    if cached is None or cached.tokenizer is not tokenizer:
+        cached = _CHAT_TOKENS[id(tokenizer)] = ChatTokens(tokenizer)
+    return cached
+
+
+def stop_token_ids(model, chat: ChatTokens) -> list[int]:
+    """Ids that end a reply: the chat's end-of-turn token, the tokenizer's and model's eos."""
+    ids = {chat.end_of_turn_id}
+    for source in (chat.tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        ids.update(source if isinstance(source, list) else [source] if source is not None else [])
+    return sorted(ids)
+
+
+def generation_config(settings: RolloutSettings, stop_ids: list[int], pad_id: int, model=None) -> GenerationConfig:
+    """A config that states every sampling knob, so a model's own defaults (Qwen's top_k=20,
+    repetition_penalty=1.05, transformers' top_k=50) never change the sampling distribution."""
+    config = GenerationConfig(
+        do_sample=not settings.greedy, max_new_tokens=settings.max_new_tokens,
+        eos_token_id=stop_ids, pad_token_id=pad_id, num_beams=1,
+        output_logits=True, return_dict_in_generate=True,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, typical_p=1.0,
+        epsilon_cutoff=0.0, eta_cutoff=0.0,
+    )
+    if not settings.greedy:
+        config.temperature, config.top_p, config.top_k = settings.temperature, settings.top_p, 0
+        if model is not None and getattr(model.generation_config, "min_p", None) is not None:
+            config.min_p = 0.0  # None would be filled from the model's default
+    return config
+
+
+@torch.no_grad()
+def generate_batch(model, contexts: list[list[int]], config: GenerationConfig, stop_ids: list[int],
+                   pad_id: int) -> list[tuple[list[int], list[float]]]:
+    """One left-padded `generate` over `contexts`: per context (sampled ids, their log-probs).
+
+    The ids run up to and including the first stop token; the log-probs are
+    log_softmax(raw logits) of the sampled ids (temperature 1, no filtering).
+    """
+    width = max(len(c) for c in contexts)
+    device = model.device
+    ids_B_T = torch.full((len(contexts), width), pad_id, dtype=torch.long)
+    attention_B_T = torch.zeros((len(contexts), width), dtype=torch.long)
+    for b, context in enumerate(contexts):
+        ids_B_T[b, width - len(context):] = torch.tensor(context, dtype=torch.long)
+        attention_B_T[b, width - len(context):] = 1
+    out = model.generate(input_ids=ids_B_T.to(device), attention_mask=attention_B_T.to(device),
+                         generation_config=config)
+    new_B_N = out.sequences[:, width:]
+    logp_B_N = torch.stack(
+        [torch.log_softmax(logits_B_V.float(), dim=-1).gather(1, new_B_N[:, k:k + 1]).squeeze(1)
+         for k, logits_B_V in enumerate(out.logits)], dim=1)
+    results = []
+    stops = set(stop_ids)
+    for new_ids, logps in zip(new_B_N.tolist(), logp_B_N.tolist(), strict=True):
+        length = next((k + 1 for k, token in enumerate(new_ids) if token in stops), len(new_ids))
+        results.append((new_ids[:length], logps[:length]))
+    return results
+
+
+@dataclass
+class _Episode:
+    """The running state of one env's episode inside `rollout`."""
+
+    trajectory: Trajectory
+    observation: str
+    admissible: list[str]
+    history: list[tuple[str, str]]
+    token_ids: list[int]  # layout full: the Datum so far (= the next generation context)
+    response_mask: list[int]
+    turn_index: list[int]
+    sample_logprobs: list[float]
+
+    def extend(self, ids: list[int], logps: list[float] | None = None, turn: int = -1) -> None:
+        self.token_ids += ids
+        self.response_mask += [0 if logps is None else 1] * len(ids)
+        self.turn_index += [-1 if logps is None else turn] * len(ids)
+        self.sample_logprobs += [0.0] * len(ids) if logps is None else logps
+
+
+def _window_datum(prompt_ids: list[int], ids: list[int], logps: list[float], turn: int, index: int) -> Datum:
+    return Datum(prompt_ids + ids, [0] * len(prompt_ids) + [1] * len(ids),
+                 [-1] * len(prompt_ids) + [turn] * len(ids), [0.0] * len(prompt_ids) + logps, index)
+
+
+def _check_length(context: list[int], settings: RolloutSettings, limit: int | None, game: str) -> None:
+    if limit is not None and len(context) + settings.max_new_tokens > limit:
+        raise ValueError(
+            f"prompt of {len(context)} tokens + max_new_tokens {settings.max_new_tokens} exceeds the model's "
+            f"{limit} positions (game {game}); use layout=window, a shorter prompt history, fewer turns, "
+            "or a model with a longer context."
+        )
+
+
+def rollout(model, tokenizer, pool: EnvPool, games: list[GameInfo], settings: RolloutSettings,
+            prompt_settings: PromptSettings, *, seed: int | None = None,
+            timings: dict[str, float] | None = None) -> list[Trajectory]:
+    """Play one episode per game, all envs in lock-step with one batched generate per turn.
+
+    `seed` makes sampling repeatable (the global RNG is forked, not disturbed); `timings`, if
+    given, accumulates seconds spent in "generate", "env" and "prompt".
+    """
+    chat = chat_tokens(tokenizer)
+    stop_ids = stop_token_ids(model, chat)
+    config = generation_config(settings, stop_ids, chat.pad_id, model)
+    limit = getattr(model.config, "max_position_embeddings", None)
+    clock = timings if timings is not None else {}
+    for key in ("generate", "env", "prompt"):
+        clock.setdefault(key, 0.0)
+
+    started = time.perf_counter()
+    states = pool.reset([g.gamefile for g in games])
+    clock["env"] += time.perf_counter() - started
+    episodes = [
+        _Episode(Trajectory(g.gamefile, s.task, g.task_type, failed=s.failed), s.text, list(s.admissible),
+                 [], [], [], [], [])
+        for g, s in zip(games, states, strict=True)
+    ]
+    was_training = model.training
+    model.eval()  # no dropout (LoRA dropout included) while sampling
+    cuda = model.device.type == "cuda"
+    try:
+        with torch.random.fork_rng(devices=[model.device.index or 0] if cuda else [], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            turn = 0
+            while settings.max_turns is None or turn < settings.max_turns:
+                running = [i for i, s in enumerate(states) if not (s.done or s.failed)]
+                if not running:
+                    break
+                started = time.perf_counter()
+                contexts, prompt_texts = [], []
+                for i in running:
+                    context, text = _next_context(episodes[i], chat, prompt_settings, settings.layout, turn)
+                    _check_length(context, settings, limit, games[i].gamefile)
+                    contexts.append(context)
+                    prompt_texts.append(text)
+                clock["prompt"] += time.perf_counter() - started
+
+                started = time.perf_counter()
+                step = settings.max_batch_envs or len(running)
+                sampled = []
+                for k in range(0, len(running), step):
+                    sampled += generate_batch(model, contexts[k:k + step], config, stop_ids, chat.pad_id)
+                clock["generate"] += time.perf_counter() - started
+
+                actions: list[str | None] = [None] * len(states)
+                parsed = {}
+                for i, (ids, _) in zip(running, sampled, strict=True):
+                    text = tokenizer.decode(ids, skip_special_tokens=True)
+                    parsed[i] = (text, parse_action(text, episodes[i].admissible, prompt_settings))
+                    actions[i] = parsed[i][1].action
+                started = time.perf_counter()
+                states = pool.step(actions)
+                clock["env"] += time.perf_counter() - started
+
+                for k, i in enumerate(running):
+                    ids, logps = sampled[k]
+                    text, action = parsed[i]
+                    _record_turn(episodes[i], states[i], ids, logps, text, action, prompt_texts[k], turn,
+                                 settings.layout, contexts[k], i)
+                turn += 1
+    finally:
+        model.train(was_training)
+
+    trajectories = []
+    for i, episode in enumerate(episodes):
+        if settings.layout == "full" and episode.trajectory.turns:
+            episode.trajectory.data = [Datum(episode.token_ids, episode.response_mask, episode.turn_index,
+                                             episode.sample_logprobs, trajectory_index=i)]
+        trajectories.append(episode.trajectory)
+    return trajectories
+
+
+def _next_context(episode: _Episode, chat: ChatTokens, prompt_settings: PromptSettings, layout: str,
+                  turn: int) -> tuple[list[int], str]:
+    """The generation context of this turn and the prompt text shown (the new user text for `full`)."""
+    task = episode.trajectory.task
+    if layout == "window":
+        messages = render_window_messages(task, episode.history, episode.observation, episode.admissible,
+                                          prompt_settings)
+        return chat.prompt_ids(messages)
+    if turn == 0:
+        messages = system_messages(prompt_settings) + [
+            render_first_user_message(task, episode.observation, episode.admissible, prompt_settings)]
+        ids, _ = chat.prompt_ids(messages)
+        episode.extend(ids)
+        return list(episode.token_ids), messages[-1]["content"]
+    if episode.token_ids[-1] != chat.end_of_turn_id:
+        episode.extend([chat.end_of_turn_id])  # the reply was cut by max_new_tokens: close the turn
+    message = render_next_user_message(task, episode.observation, episode.admissible, prompt_settings)
+    episode.extend(chat.between_turns(message))
+    return list(episode.token_ids), message["content"]
+
+
+def _record_turn(episode: _Episode, state, ids: list[int], logps: list[float], text: str, parsed,
+                 prompt_text: str, turn: int, layout: str, context: list[int], index: int) -> None:
+    """Append the turn, its data and the engine's answer to the episode."""
+    trajectory = episode.trajectory
+    previous = trajectory.turns[-1].action if trajectory.turns else None
+    trajectory.turns.append(Turn(
+        prompt_text=prompt_text, response_ids=ids, response_text=text, action=parsed.action,
+        feedback=state.text if not state.failed else "", admissible=list(episode.admissible),
+        parseable=parsed.parseable, admissible_action=parsed.admissible,
+        repeated=previous is not None and normalize_action(previous) == normalize_action(parsed.action),
+        won_after=state.won,
+    ))
+    trajectory.won = bool(state.won) and not state.failed
+    trajectory.failed = state.failed
+    if layout == "full":
+        episode.extend(ids, logps, turn)
+    else:
+        trajectory.data.append(_window_datum(context, ids, logps, turn, index))
+    episode.history.append((episode.observation, parsed.action))
+    episode.observation, episode.admissible = state.text, list(state.admissible)
