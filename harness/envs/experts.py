@@ -68,27 +68,35 @@ class ExploringExpert:
     # -- policy -------------------------------------------------------------------------------
     def act(self, text: str, admissible: list[str]) -> str:
         """The next command; also updates the expert's own state as if the command succeeds."""
-        command = self._choose(admissible)
+        command = self.choose(admissible)
+        self.update(command)
+        return command
+
+    def update(self, command: str) -> None:
+        """Track the effect of an executed command (the expert's own or another policy's)."""
         if command.startswith("go to "):
             self.location = command[len("go to "):]
             self.visited.add(self.location)
-        elif command.startswith("take "):
-            self.holding = command[len("take "):].split(" from ")[0]
-            self.phase = "tool" if self.task_type in _TOOLS else "lamp" if self.lamp and not self.parent else "place"
-            self.visited.clear()
-        elif command.startswith(("clean ", "heat ", "cool ")):
-            self.phase = "place"
-        elif command.startswith("move "):
+        elif command.startswith("take ") and self.phase == "find":
+            obj = command[len("take "):].split(" from ")[0]
+            if kind_of(obj) == self.target and obj not in self.placed:
+                self.holding = obj
+                self.phase = "tool" if self.task_type in _TOOLS else "lamp" if self.lamp and not self.parent else "place"
+                self.visited.clear()
+        elif command.startswith(("clean ", "heat ", "cool ")) and self.phase == "tool":
+            if command.split(" ", 1)[1].startswith(f"{self.holding} with "):
+                self.phase = "place"
+        elif command.startswith(f"move {self.holding} to ") and self.holding:
             self.placed.add(self.holding)
             self.holding = ""
             self.phase = "find" if len(self.placed) < self._needed() else "done"
             self.visited.clear()
-        return command
 
     def _needed(self) -> int:
         return 2 if self.task_type == "pick_two_obj_and_place" else 1
 
-    def _choose(self, admissible: list[str]) -> str:
+    def choose(self, admissible: list[str]) -> str:
+        """The expert's command for these admissible commands (no state change)."""
         if self.phase == "find":
             for command in sorted(admissible):
                 if command.startswith(f"take {self.target} "):
