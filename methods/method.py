@@ -1,10 +1,14 @@
 """The one Method interface: knobs of sage_opd.md plus weights -> totals -> loss over MethodBatch.
 
 Use per optimizer step (gradient accumulation keeps the loss scale of one big batch):
-    weights = [method.weights(b) for b in batches]          # teacher signals only, no grad
-    totals = method.totals(batches)                         # global N and sum w (all ranks)
-    for b in batches: loss, stats = method.loss(replace(b, token_loss_B_T=...), totals)
+    totals = method.totals(batches)      # teacher signals only: token_loss_B_T may still be None
+    for b in batches:                    # then one student forward + backward per micro-batch
+        loss, stats = method.loss(replace(b, token_loss_B_T=...), totals); loss.backward()
+    step_stats = merge_stats(all_stats)
 The per-micro-batch losses sum exactly to the loss of the whole step as one batch.
+Under DDP, totals are all-reduced so every rank divides by the global N (and S); the step loss is
+then the SUM of the ranks' shares, while DDP AVERAGES gradients over ranks: multiply each rank's
+loss by world_size before backward to keep the single-process scale.
 """
 
 from __future__ import annotations

@@ -286,3 +286,56 @@ def test_gradient_accumulation_invariance(name, knobs):
         naive = naive + method.loss(batch, method.totals([batch]))[0]
     (grad_naive,) = torch.autograd.grad(naive, weight)
     assert (grad_naive - grad_full).abs().max() > 1e-3
+
+
+def _rank_share(rank: int, init_file: str, out_dir: str) -> None:
+    # One rank of a 2-process gloo group: row r of the hand example lives on rank r.
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2
+    )
+    batch = hand_batch(token_loss_B_T=torch.tensor([[100.0, 2, 1, 100, 4], [100, 1, 2, 3, 0]]))
+    turns = [[0, 1], [2]][rank]  # turns renumbered 0..U-1 on each rank
+    ids_1_T = batch.turn_ids_B_T[rank : rank + 1]
+    local = dataclasses.replace(
+        batch,
+        response_mask_B_T=batch.response_mask_B_T[rank : rank + 1],
+        turn_ids_B_T=torch.where(ids_1_T >= 0, ids_1_T - turns[0], ids_1_T),
+        token_loss_B_T=batch.token_loss_B_T[rank : rank + 1],
+        teacher_top1_B_T=batch.teacher_top1_B_T[rank : rank + 1],
+        judge_probs_U_3=batch.judge_probs_U_3[turns],
+        oracle_labels_U=batch.oracle_labels_U[turns],
+        sequence_ids_B=batch.sequence_ids_B[rank : rank + 1],
+    )
+    method = methods.get("sage")
+    totals = method.totals([local])
+    loss, _ = method.loss(local, totals)
+    torch.save((totals.token_count, totals.weight_sum, loss.item()), f"{out_dir}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_totals_are_all_reduced_across_ranks(tmp_path):
+    # Rank 0 holds turns 0-1 (3 tokens), rank 1 turn 2 (3 tokens); with global totals
+    # (N = 6, S = 17/8) the ranks' shares sum to sage's one-process loss 27/17.
+    torch.multiprocessing.spawn(
+        _rank_share, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+    )
+    shares = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for token_count, weight_sum, _ in shares:
+        assert (token_count, weight_sum) == (6.0, 2.125)
+    # Rank 0: (3/4*2 + 1/2*1 + 0*4) / (17/8) = 16/17; rank 1: (1/2 + 1/2 + 3/8) / (17/8) = 11/17.
+    assert [s[2] for s in shares] == pytest.approx([16 / 17, 11 / 17], abs=1e-6)
+
+
+def test_methods_never_import_env_rollout_or_harness():
+    import ast
+    import pathlib
+
+    allowed = {"torch", "methods", "math", "difflib", "dataclasses", "collections", "__future__"}
+    for path in pathlib.Path(methods.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = (
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                )
+                for name in names:
+                    assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
