@@ -1,0 +1,245 @@
+"""One-pass scoring of whole trajectories by teacher and student, chunked over the vocabulary.
+
+Shapes: B data, T positions (right-padded, harness.agent.trajectory.collate), N response tokens
+of the whole batch, C a chunk of them, D hidden size, V the kept vocabulary.
+
+The token at position j is predicted by the logits at j-1. Each model's body (the transformer
+without the output head) runs ONCE over every datum; only the N hidden states that predict a
+response token are gathered, and the V-wide head is applied to C of them at a time. A V-wide
+fp32 logit row costs 0.6 MB at V=152k, so 4,096 tokens would need 2.5 GB per logits copy and a
+KL builds several such copies; chunking bounds that by C. For the student, each chunk
+(head -> logits, teacher head -> logits, token loss) runs under `torch.utils.checkpoint`: the
+backward pass recomputes a chunk's logits instead of keeping all of them alive. The teacher pass
+keeps its final hidden states at the response positions (N x D, small) so the student pass can
+recompute the teacher's logits chunk by chunk.
+
+Works for models whose logits are `output_embeddings(last_hidden_state)` (Llama, Qwen2/3,
+Mistral, SmolLM); models with logit soft-capping or scaling are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from methods.estimators import reverse_kl, token_loss
+
+Batch = dict[str, Tensor]
+
+
+@dataclass
+class Positions:
+    """Where the N scored tokens sit: datum `batch_N`, position `target_N` (>= 1)."""
+
+    batch_N: Tensor
+    target_N: Tensor
+    shape: tuple[int, int]  # (B, T)
+
+    def to_B_T(self, values_N: Tensor) -> Tensor:
+        """Scatter per-token values into a zero (B, T) tensor (differentiable in values_N)."""
+        out_B_T = values_N.new_zeros(self.shape)
+        index = (self.batch_N.to(values_N.device), self.target_N.to(values_N.device))
+        return out_B_T.index_put(index, values_N)
+
+
+@dataclass
+class TeacherOutput:
+    """Teacher signals at the N response tokens; `hidden_N_D` lets the student pass recompute logits."""
+
+    hidden_N_D: Tensor
+    logp_N: Tensor  # log p_T of the sampled token
+    top1_N: Tensor  # max_v p_T(v): the teacher's confidence
+    positions: Positions
+
+    @property
+    def logp_B_T(self) -> Tensor:
+        return self.positions.to_B_T(self.logp_N)
+
+    @property
+    def top1_B_T(self) -> Tensor:
+        return self.positions.to_B_T(self.top1_N)
+
+
+@dataclass
+class StudentOutput:
+    """Per-token student results, zero outside response tokens."""
+
+    token_loss_B_T: Tensor  # the estimator's loss, with grad into the student
+    logp_B_T: Tensor  # log p_S of the sampled token (detached)
+    kl_B_T: Tensor  # full-vocabulary reverse KL(S || T) at temperature 1 (detached), for logging
+
+
+def response_positions(batch: Batch, which: str = "response") -> Positions:
+    """Positions of the tokens to score: sampled tokens ('response') or every real token ('all')."""
+    attention_B_T = batch["attention_mask_B_T"].bool()
+    if which == "response":
+        mask_B_T = batch["response_mask_B_T"] > 0
+        if (mask_B_T & ~attention_B_T).any():
+            raise ValueError("response_mask_B_T marks padding positions; build batches with trajectory.collate")
+    elif which == "all":
+        mask_B_T = attention_B_T.clone()
+    else:
+        raise ValueError(f"which={which!r}: expected 'response' or 'all'")
+    if which == "response" and mask_B_T[:, 0].any():
+        raise ValueError("a response token at position 0 has no context to be predicted from")
+    mask_B_T[:, 0] = False
+    batch_N, target_N = mask_B_T.nonzero(as_tuple=True)
+    return Positions(batch_N, target_N, tuple(mask_B_T.shape))
+
+
+def model_parts(model) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(body, head) of a causal LM, peft-wrapped or not; logits = head(body(...).last_hidden_state)."""
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    config = base.config
+    for attribute in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        if getattr(config, attribute, None) not in (None, 1.0):
+            raise NotImplementedError(
+                f"{type(base).__name__} transforms its logits ({attribute}); chunked scoring assumes "
+                "logits = lm_head(last hidden state)"
+            )
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def _context_hidden(body: torch.nn.Module, batch: Batch, positions: Positions) -> Tensor:
+    """Final hidden states at the positions that predict each scored token: (N, D)."""
+    device = next(body.parameters()).device
+    # Positions after the last scored token cannot influence it (causal attention): drop them.
+    length = int(positions.target_N.max()) if len(positions.target_N) else 1
+    tokens_B_L = batch["tokens_B_T"][:, :length].to(device)
+    attention_B_L = batch["attention_mask_B_T"][:, :length].to(device)
+    hidden_B_L_D = body(input_ids=tokens_B_L, attention_mask=attention_B_L, use_cache=False).last_hidden_state
+    return hidden_B_L_D[positions.batch_N.to(device), positions.target_N.to(device) - 1]
+
+
+def _chunks(n: int, chunk_size: int) -> list[slice]:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return [slice(start, min(start + chunk_size, n)) for start in range(0, n, chunk_size)]
+
+
+def _sampled_ids(batch: Batch, positions: Positions, device: torch.device) -> Tensor:
+    return batch["tokens_B_T"][positions.batch_N, positions.target_N].to(device)
+
+
+@torch.no_grad()
+def teacher_pass(teacher, batch: Batch, *, keep_vocab: int, chunk_size: int = 1024, temperature: float = 1.0) -> TeacherOutput:
+    """Teacher log p of each sampled token and top-1 probability, over its first `keep_vocab` rows."""
+    positions = response_positions(batch)
+    body, head = model_parts(teacher)
+    hidden_N_D = _context_hidden(body, batch, positions)
+    sampled_N = _sampled_ids(batch, positions, hidden_N_D.device)
+    if len(sampled_N) and int(sampled_N.max()) >= keep_vocab:
+        raise ValueError(f"a sampled token id {int(sampled_N.max())} is beyond the kept vocabulary ({keep_vocab})")
+    logp, top1 = [], []
+    for part in _chunks(len(sampled_N), chunk_size):
+        logp_C_V = F.log_softmax(head(hidden_N_D[part])[:, :keep_vocab].float() / temperature, dim=-1)
+        logp.append(logp_C_V.gather(1, sampled_N[part, None]).squeeze(1))
+        top1.append(logp_C_V.max(dim=-1).values.exp())
+    empty = hidden_N_D.new_zeros(0, dtype=torch.float32)
+    return TeacherOutput(hidden_N_D, torch.cat(logp) if logp else empty, torch.cat(top1) if top1 else empty, positions)
+
+
+def _student_chunk(
+    student_hidden_C_D: Tensor,
+    teacher_hidden_C_D: Tensor,
+    sampled_C: Tensor,
+    old_logp_C: Tensor,
+    *,
+    head: torch.nn.Module,
+    teacher_head: torch.nn.Module,
+    estimator: str,
+    beta: float,
+    clip_eps: float | None,
+    temperature: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    student_logits_C_V = head(student_hidden_C_D)
+    with torch.no_grad():
+        # Cut the teacher's padding rows to the student's size (models.check_compatible).
+        teacher_logits_C_V = teacher_head(teacher_hidden_C_D)[:, : student_logits_C_V.shape[-1]]
+    loss_C = token_loss(
+        estimator, student_logits_C_V, teacher_logits_C_V, sampled_C, old_logp_C,
+        beta=beta, clip_eps=clip_eps, temperature=temperature,
+    )
+    with torch.no_grad():
+        logp_C = F.log_softmax(student_logits_C_V.float(), dim=-1).gather(1, sampled_C[:, None]).squeeze(1)
+        same = estimator == "full_kl" and temperature == 1.0  # then the loss is this KL already
+        kl_C = loss_C.detach() if same else reverse_kl(student_logits_C_V, teacher_logits_C_V)
+    return loss_C, logp_C, kl_C
+
+
+def student_pass(
+    student,
+    teacher_head: torch.nn.Module,
+    batch: Batch,
+    teacher_out: TeacherOutput,
+    *,
+    estimator: str = "full_kl",
+    chunk_size: int = 1024,
+    beta: float = 0.5,
+    clip_eps: float | None = None,
+    temperature: float = 1.0,
+) -> StudentOutput:
+    """Student forward with grad: the estimator's per-token loss against the teacher, chunk by chunk.
+
+    `teacher_head` is `model_parts(teacher)[1]`; `teacher_out` comes from `teacher_pass` on the
+    same batch. Call `.backward()` on a reduction of `token_loss_B_T`.
+    """
+    positions = teacher_out.positions
+    body, head = model_parts(student)
+    hidden_N_D = _context_hidden(body, batch, positions)
+    device = hidden_N_D.device
+    sampled_N = _sampled_ids(batch, positions, device)
+    old_logp_N = batch["old_logp_B_T"][positions.batch_N, positions.target_N].to(device)
+    teacher_hidden_N_D = teacher_out.hidden_N_D.to(device)
+    run_chunk = partial(
+        _student_chunk, head=head, teacher_head=teacher_head, estimator=estimator,
+        beta=beta, clip_eps=clip_eps, temperature=temperature,
+    )
+    losses, logps, kls = [], [], []
+    for part in _chunks(len(sampled_N), chunk_size):
+        args = (hidden_N_D[part], teacher_hidden_N_D[part], sampled_N[part], old_logp_N[part])
+        # Checkpointing keeps only the chunk's inputs for backward and recomputes its V-wide
+        # logits there; without it every chunk's logits would stay alive until backward.
+        loss_C, logp_C, kl_C = checkpoint(run_chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else run_chunk(*args)
+        losses.append(loss_C)
+        logps.append(logp_C)
+        kls.append(kl_C)
+    if not losses:
+        zero_B_T = hidden_N_D.new_zeros(positions.shape, dtype=torch.float32)
+        return StudentOutput(zero_B_T + 0.0 * hidden_N_D.sum(), zero_B_T, zero_B_T)
+    return StudentOutput(
+        positions.to_B_T(torch.cat(losses)),
+        positions.to_B_T(torch.cat(logps)),
+        positions.to_B_T(torch.cat(kls)),
+    )
+
+
+def _logprob_chunk(hidden_C_D: Tensor, targets_C: Tensor, *, head: torch.nn.Module, keep_vocab: int | None) -> Tensor:
+    logits_C_V = head(hidden_C_D)[:, :keep_vocab].float()
+    return F.log_softmax(logits_C_V, dim=-1).gather(1, targets_C[:, None]).squeeze(1)
+
+
+def sequence_logprobs(model, batch: Batch, *, which: str = "response", chunk_size: int = 1024, keep_vocab: int | None = None) -> Tensor:
+    """log p of each token under `model` (B, T), zero elsewhere; with grad when grad is enabled.
+
+    which='response' scores the sampled tokens (rollout checks, SFT on responses), 'all' every
+    real token after the first (language-model NLL).
+    """
+    positions = response_positions(batch, which)
+    body, head = model_parts(model)
+    hidden_N_D = _context_hidden(body, batch, positions)
+    targets_N = _sampled_ids(batch, positions, hidden_N_D.device)
+    run_chunk = partial(_logprob_chunk, head=head, keep_vocab=keep_vocab)
+    parts = []
+    for part in _chunks(len(targets_N), chunk_size):
+        args = (hidden_N_D[part], targets_N[part])
+        parts.append(checkpoint(run_chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else run_chunk(*args))
+    if not parts:
+        return hidden_N_D.new_zeros(positions.shape, dtype=torch.float32) + 0.0 * hidden_N_D.sum()
+    return positions.to_B_T(torch.cat(parts))
