@@ -2,8 +2,8 @@
 
 Every estimator maps student/teacher logits at N response positions to a loss_N. Gradients flow
 through the student logits only: the teacher is scored under no_grad and is detached here again so
-a caller that forgets cannot leak gradient into it. All maths runs in float32 (bf16 logits would
-make log-softmax differences of nearby vocab entries noisy).
+a caller that forgets cannot leak gradient into it. All maths runs in at least float32 (bf16 logits
+would make log-softmax differences of nearby vocab entries noisy); float64 inputs stay float64.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from torch import Tensor
 
 ESTIMATORS: tuple[str, ...] = ("full_kl", "sampled", "jsd")  # distillation estimators
 TOKEN_LOSSES: tuple[str, ...] = (*ESTIMATORS, "nll")  # nll: sft's loss, needs no teacher
+
+
+def _upcast(x: Tensor) -> Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _check_vocab(student_logits_N_V: Tensor, teacher_logits_N_V: Tensor) -> None:
@@ -36,8 +40,8 @@ def _log_probs(student_logits_N_V: Tensor, teacher_logits_N_V: Tensor, temperatu
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     _check_vocab(student_logits_N_V, teacher_logits_N_V)
-    student_logp_N_V = F.log_softmax(student_logits_N_V.float(), dim=-1)
-    teacher_logp_N_V = F.log_softmax(teacher_logits_N_V.detach().float() / temperature, dim=-1)
+    student_logp_N_V = F.log_softmax(_upcast(student_logits_N_V), dim=-1)
+    teacher_logp_N_V = F.log_softmax(_upcast(teacher_logits_N_V.detach()) / temperature, dim=-1)
     return student_logp_N_V, teacher_logp_N_V
 
 
@@ -88,7 +92,7 @@ def _sampled_surrogate(
     ids_N1 = sampled_ids_N.long().unsqueeze(-1)
     student_logp_N = student_logp_N_V.gather(-1, ids_N1).squeeze(-1)
     teacher_logp_N = teacher_logp_N_V.gather(-1, ids_N1).squeeze(-1)
-    old_logp_N = old_logp_N.detach().float()
+    old_logp_N = old_logp_N.detach().to(student_logp_N.dtype)
     advantage_N = teacher_logp_N - old_logp_N  # both constant: sg[...]
     ratio_N = torch.exp(student_logp_N - old_logp_N)
     loss_N = -ratio_N * advantage_N
@@ -111,11 +115,11 @@ def token_loss(
     clip_eps: float | None = None,
     temperature: float = 1.0,
 ) -> Tensor:
-    """Per-token loss_N (float32) of `estimator`; teacher logits are divided by `temperature`."""
+    """Per-token loss_N (float32, or float64 for float64 logits) of `estimator`; teacher logits are divided by `temperature`."""
     if estimator == "nll":
         if sampled_ids_N is None:
             raise ValueError("estimator 'nll' needs sampled_ids_N (the target tokens)")
-        student_logp_N_V = F.log_softmax(student_logits_N_V.float(), dim=-1)
+        student_logp_N_V = F.log_softmax(_upcast(student_logits_N_V), dim=-1)
         return -student_logp_N_V.gather(-1, sampled_ids_N.long().unsqueeze(-1)).squeeze(-1)
     if estimator not in ESTIMATORS:
         raise ValueError(
