@@ -112,7 +112,8 @@ def render_window_messages(
         shown = history[-settings.history:] if settings.history else []
     lines = [_task_line(task)]
     if shown:
-        lines.append(f"You have taken {len(history)} steps. The last {len(shown)}:")
+        steps = f"{len(history)} step" + ("s" if len(history) != 1 else "")
+        lines.append(f"You have taken {steps}. The last {len(shown)}:")
         for past_observation, past_action in shown:
             lines.append(f"Observation: {past_observation.strip()}")
             lines.append(f"Action: {past_action.strip()}")

@@ -25,6 +25,7 @@ from transformers import GenerationConfig
 
 from harness.agent.prompt import (
     PromptSettings,
+    format_response,
     normalize_action,
     parse_action,
     render_first_user_message,
@@ -343,3 +344,30 @@ def _record_turn(episode: _Episode, state, ids: list[int], logps: list[float], t
         trajectory.data.append(_window_datum(context, ids, logps, turn, index))
     episode.history.append((episode.observation, parsed.action))
     episode.observation, episode.admissible = state.text, list(state.admissible)
+
+
+def episode_data(tokenizer, task: str, steps: list[tuple[str, list[str], str]], layout: str,
+                 prompt_settings: PromptSettings, *, trajectory_index: int = 0) -> list[Datum]:
+    """Training data for a given episode (an expert's) in exactly the token layout of `rollout`.
+
+    `steps` holds (observation shown, admissible actions, action) per turn. Each response is
+    `format_response(action)` + the end-of-turn token (mask 1, sample_logprobs 0: not sampled).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    chat = chat_tokens(tokenizer)
+    episode = _Episode(Trajectory("", task, ""), "", [], [], [], [], [], [])
+    data = []
+    for turn, (observation, admissible, action) in enumerate(steps):
+        episode.observation, episode.admissible = observation, list(admissible)
+        context, _ = _next_context(episode, chat, prompt_settings, layout, turn)
+        ids = chat.encode(format_response(action, prompt_settings)) + [chat.end_of_turn_id]
+        if layout == "full":
+            episode.extend(ids, [0.0] * len(ids), turn)
+        else:
+            data.append(_window_datum(context, ids, [0.0] * len(ids), turn, trajectory_index))
+        episode.history.append((observation, action))
+    if layout == "full" and steps:
+        data = [Datum(episode.token_ids, episode.response_mask, episode.turn_index, episode.sample_logprobs,
+                      trajectory_index=trajectory_index)]
+    return data
