@@ -1,0 +1,250 @@
+"""Paper tables from the runs DataFrame: numbers per (group, method), rendered as Markdown, LaTeX, CSV."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.collect import DEGENERACY, SPLITS, TASK_TYPES, col
+
+ROW_KEYS = ["group", "order", "label", "method", "verifier_free"]
+SPLIT_HEADERS = {"valid_seen": "Seen", "valid_unseen": "Unseen", "all": "All"}
+ABLATIONS = ("no_gate", "no_conf", "no_norm")
+DAGGER_NOTE = "† Not verifier-free: the gate reads the environment's success signal (an upper bound)."
+
+
+@dataclass(frozen=True)
+class Column:
+    """One numeric column: `key` (and `key_std`, if present) in the stats frame."""
+
+    key: str
+    header: str
+    best: str | None = "max"  # "max", "min", or None for no bold
+    signed: bool = False
+
+
+@dataclass
+class Table:
+    """A table: numbers per row in `stats` (written as CSV) and how to show them."""
+
+    name: str
+    title: str
+    caption: str  # what the numbers are; LaTeX gets it as a comment to reuse in \caption
+    stats: pd.DataFrame
+    columns: list[Column]
+    notes: list[str] = field(default_factory=list)  # what the marks (†, ‡) mean
+
+
+def aggregate(runs: pd.DataFrame, columns: dict[str, str], scale: dict[str, float] | None = None
+              ) -> pd.DataFrame:
+    """Mean and sample std (ddof=1; NaN for one seed) over seeds of runs columns, renamed and scaled."""
+    scale = scale or {}
+    grouped = runs.groupby(ROW_KEYS, sort=True, dropna=False)
+    stats = grouped.size().rename("n_seeds").to_frame()
+    for source, name in columns.items():
+        values = runs[source] if source in runs else pd.Series(math.nan, index=runs.index)
+        values = values.astype(float) * scale.get(name, 100.0)
+        by_row = values.groupby([runs[k] for k in ROW_KEYS], sort=True, dropna=False)
+        stats[name], stats[f"{name}_std"] = by_row.mean(), by_row.std(ddof=1)
+    return stats.reset_index()
+
+
+def _notes(stats: pd.DataFrame) -> list[str]:
+    notes = []
+    fewer = stats["n_seeds"] < stats.groupby("group")["n_seeds"].transform("max")
+    if fewer.any():
+        notes.append("‡ Fewer seeds than the other methods of the table; report.md lists the missing runs.")
+    if not stats["verifier_free"].all():
+        notes.append(DAGGER_NOTE)
+    return notes
+
+
+def main_table(runs: pd.DataFrame) -> Table:
+    """Success per split with the relative improvement over OPD on valid_unseen."""
+    stats = aggregate(runs, {col(s, "success"): s for s in (*SPLITS, "all")})
+    stats["rel_impr_unseen"] = math.nan
+    for _, rows in stats.groupby("group"):
+        opd = rows.loc[rows["method"] == "opd", "valid_unseen"]
+        if len(opd) == 1 and opd.iloc[0] > 0:
+            stats.loc[rows.index, "rel_impr_unseen"] = 100 * (rows["valid_unseen"] - opd.iloc[0]) / opd.iloc[0]
+    games = {s: runs[col(s, "num_games")].dropna().astype(int) for s in SPLITS if col(s, "num_games") in runs}
+    counts = ", ".join(f"{s} {g.min()}" + (f"-{g.max()}" if g.max() != g.min() else "") + " games"
+                       for s, g in games.items() if not g.empty)
+    columns = [Column(s, SPLIT_HEADERS[s]) for s in (*SPLITS, "all")]
+    columns.append(Column("rel_impr_unseen", "Rel. impr. vs OPD, unseen (%)", signed=True))
+    caption = (f"Success rate (%), mean ± sample std over seeds (one seed: no ±); {counts}; "
+               "All pools both splits by game count. Rel. impr. = 100 (SR - SR_OPD) / SR_OPD on unseen "
+               "means; blank without exactly one OPD row (or with OPD at 0). Bold: best verifier-free value.")
+    return Table("main", "Main results: ALFWorld success rate (%)", caption, stats, columns, _notes(stats))
+
+
+def task_type_table(runs: pd.DataFrame) -> Table:
+    """Success per ALFWorld task type, one block per split."""
+    tasks = list(TASK_TYPES) + sorted({c.split(".", 2)[2] for c in runs.columns
+                                       if c.startswith("valid_seen.success.") or c.startswith("valid_unseen.success.")}
+                                      - set(TASK_TYPES))
+    parts = []
+    for split in (*SPLITS, "all"):
+        columns = {col(split, "success", t): TASK_TYPES.get(t, t) for t in tasks}
+        columns[col(split, "success")] = "All types"
+        part = aggregate(runs, columns)
+        part["group"] = [", ".join(filter(None, [f"split={split}", g])) for g in part["group"]]
+        parts.append(part)
+    stats = pd.concat(parts, ignore_index=True)
+    columns = [Column(TASK_TYPES.get(t, t), TASK_TYPES.get(t, t)) for t in tasks]
+    columns.append(Column("All types", "All types"))
+    stats = stats.dropna(axis=1, how="all")
+    columns = [c for c in columns if c.key in stats]
+    return Table("per_task_type", "Success rate (%) per ALFWorld task type",
+                 "Success rate (%) per task type, mean ± sample std over seeds. Bold: best verifier-free value.",
+                 stats, columns, _notes(stats))
+
+
+def ablation_table(runs: pd.DataFrame) -> Table | None:
+    """SAGE-OPD against its ablations, with differences to SAGE-OPD in points; None if either is missing."""
+    runs = runs[runs["method"].isin(("sage", *ABLATIONS))]
+    if not (runs["method"] == "sage").any() or runs["method"].eq("sage").all():
+        return None
+    stats = aggregate(runs, {col(s, "success"): s for s in (*SPLITS, "all")})
+    columns = []
+    for split in (*SPLITS, "all"):
+        stats[f"delta_{split}"] = math.nan
+        for _, rows in stats.groupby("group"):
+            sage = rows.loc[rows["method"] == "sage", split]
+            if len(sage) == 1:
+                stats.loc[rows.index, f"delta_{split}"] = rows[split] - sage.iloc[0]
+        stats.loc[stats["method"] == "sage", f"delta_{split}"] = math.nan
+        columns += [Column(split, SPLIT_HEADERS[split]),
+                    Column(f"delta_{split}", f"Δ {SPLIT_HEADERS[split]}", best=None, signed=True)]
+    caption = ("Success rate (%), mean ± sample std over seeds; Δ = difference of means to SAGE-OPD "
+               "in points (blank unless the group has exactly one SAGE-OPD row). Bold: best value.")
+    return Table("ablation", "Ablations of SAGE-OPD", caption, stats, columns, _notes(stats))
+
+
+def degeneracy_table(runs: pd.DataFrame) -> Table:
+    """Repeated-action rate, invalid-action rate (%) and mean turns per episode in evaluation."""
+    headers = {"repeated_action_rate": "Repeated (%)", "invalid_action_rate": "Invalid (%)",
+               "mean_turns": "Turns"}
+    columns = {col(s, m): f"{SPLIT_HEADERS[s]} {headers[m]}" for s in SPLITS for m in DEGENERACY}
+    stats = aggregate(runs, columns, scale={n: 1.0 for n in columns.values() if n.endswith("Turns")})
+    caption = ("Evaluation episodes; mean ± sample std over seeds. Lower is better (an episode ends at "
+               "success or the step limit, so fewer turns means faster success); bold: best verifier-free.")
+    return Table("degeneracy", "Degenerate behaviour in evaluation", caption, stats,
+                 [Column(n, n, best="min") for n in columns.values()], _notes(stats))
+
+
+def _cell(mean: float, std: float, signed: bool) -> str:
+    if mean is None or math.isnan(mean):
+        return ""
+    mean = 0.0 if round(mean, 1) == 0 else mean  # never print "-0.0"
+    text = f"{mean:+.1f}" if signed else f"{mean:.1f}"
+    return text if std is None or math.isnan(std) else f"{text} ± {std:.1f}"
+
+
+def cells(table: Table) -> list[tuple[str, list[tuple[str, list[str], list[bool]]]]]:
+    """[(group, [(row label, cell texts, bold flags)])]: the shared layout of Markdown and LaTeX."""
+    out = []
+    for group, rows in table.stats.groupby("group", sort=False):
+        rows = rows.sort_values(["order", "label"])
+        bold = {}
+        for c in table.columns:
+            # Python's round on both sides, so bold matches what the .1f text shows.
+            eligible = [round(v, 1) for v in rows.loc[rows["verifier_free"], c.key].dropna()]
+            bold[c.key] = (max(eligible) if c.best == "max" else min(eligible)) \
+                if c.best and len(eligible) >= 2 else None
+        most = rows["n_seeds"].max()
+        body = []
+        for _, row in rows.iterrows():
+            texts = [_cell(row[c.key], row.get(f"{c.key}_std", math.nan), c.signed) for c in table.columns]
+            flags = [bold[c.key] is not None and not math.isnan(row[c.key]) and row["verifier_free"]
+                     and round(row[c.key], 1) == bold[c.key] for c in table.columns]
+            texts.append(f"{row['n_seeds']}" + (" ‡" if row["n_seeds"] < most else ""))
+            body.append((row["label"], texts, flags + [False]))
+        out.append((group, body))
+    return out
+
+
+def to_markdown(table: Table) -> str:
+    """GitHub Markdown: a title, one table per group, then the notes."""
+    headers = ["Method", *[c.header for c in table.columns], "Seeds"]
+    lines = [f"**{table.title}**", ""]
+    for group, body in cells(table):
+        if group:
+            lines += [f"*{group}*", ""]
+        lines += ["| " + " | ".join(headers) + " |", "|:--" + "|--:" * (len(headers) - 1) + "|"]
+        for label, texts, flags in body:
+            texts = [f"**{t}**" if f else t for t, f in zip(texts, flags, strict=True)]
+            lines.append("| " + " | ".join([label, *texts]) + " |")
+        lines.append("")
+    return "\n".join(lines + [table.caption, *table.notes]) + "\n"
+
+
+def tex_escape(text: str) -> str:
+    """Escape LaTeX specials and turn ±, †, ‡, Δ into math."""
+    text = text.replace("\\", "\0")
+    for char in "&%$#_{}":
+        text = text.replace(char, "\\" + char)
+    text = text.replace("~", r"\textasciitilde{}").replace("^", r"\textasciicircum{}")
+    text = text.replace("\0", r"\textbackslash{}")
+    for char, math_text in {"±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "Δ": r"$\Delta$"}.items():
+        text = text.replace(char, math_text)
+    return text
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs tabular fragment (needs \\usepackage{booktabs}); the marks' notes are its last rows.
+
+    Nothing outside the tabular, so it also works inside \\resizebox; the caption is a comment."""
+    width = len(table.columns) + 2
+    headers = ["Method", *[c.header for c in table.columns], "Seeds"]
+    lines = [f"% {tex_escape(table.title)}. {tex_escape(table.caption)}", "\\begin{tabular}{l" + "r" * (width - 1) + "}", "\\toprule",
+             " & ".join(tex_escape(h) for h in headers) + " \\\\", "\\midrule"]
+    for number, (group, body) in enumerate(cells(table)):
+        if group:
+            lines += ["\\midrule"] if number else []
+            lines.append(f"\\multicolumn{{{width}}}{{l}}{{\\emph{{{tex_escape(group)}}}}} \\\\")
+        for label, texts, flags in body:
+            texts = [re.sub(r"^-(?=\d)", "$-$", tex_escape(t)) for t in texts]  # minus, not hyphen
+            texts = [f"\\textbf{{{t}}}" if f else t for t, f in zip(texts, flags, strict=True)]
+            lines.append(" & ".join([tex_escape(label), *texts]) + " \\\\")
+    lines.append("\\bottomrule")
+    lines += [f"\\multicolumn{{{width}}}{{@{{}}l}}{{\\footnotesize {tex_escape(note)}}} \\\\" for note in table.notes]
+    lines.append("\\end{tabular}")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    """The numbers behind the table (percent), one row per (group, method)."""
+    keys = [k for c in table.columns for k in (c.key, f"{c.key}_std") if k in table.stats]
+    frame = table.stats[["group", "method", "label", "verifier_free", "n_seeds", *keys]]
+    return frame.to_csv(index=False, float_format="%.4f")
+
+
+def build_tables(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
+    """Every table that the runs allow, and a note for each one left out."""
+    tables = [main_table(runs), task_type_table(runs)]
+    skipped = []
+    ablation = ablation_table(runs)
+    if ablation is None:
+        skipped.append("ablation table left out: it needs complete runs of sage and of at least one of "
+                       + ", ".join(ABLATIONS))
+    else:
+        tables.append(ablation)
+    tables.append(degeneracy_table(runs))
+    return tables, skipped
+
+
+def write_tables(tables: list[Table], out_dir: Path) -> list[Path]:
+    """Write each table as .md, .tex and .csv under out_dir; return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for table in tables:
+        for suffix, render in ((".md", to_markdown), (".tex", to_latex), (".csv", to_csv)):
+            path = out_dir / f"{table.name}{suffix}"
+            path.write_text(render(table))
+            paths.append(path)
+    return paths
