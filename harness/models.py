@@ -254,7 +254,7 @@ def check_compatible(
     student_vocab, teacher_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
     if student_vocab != teacher_vocab:
         differing = [t for t in student_vocab.keys() | teacher_vocab.keys() if student_vocab.get(t) != teacher_vocab.get(t)]
-        differing.sort(key=lambda t: min(student_vocab.get(t, 1 << 62), teacher_vocab.get(t, 1 << 62)))
+        differing.sort(key=lambda t: (min(student_vocab.get(t, 1 << 62), teacher_vocab.get(t, 1 << 62)), t))
         shown = ", ".join(f"{t!r}: {student_vocab.get(t, 'absent')} vs {teacher_vocab.get(t, 'absent')}" for t in differing[:5])
         problems.append(f"{len(differing)} tokens map to different ids (student vs teacher), first: {shown}")
     # The pad token is left out: padded positions are masked, and loaders may pick it freely.
