@@ -210,6 +210,10 @@ def load_run(run_dir: Path, root: Path) -> tuple[dict | None, Excluded | None, l
     if not method or seed is None:
         return None, Excluded(name, method, seed, "result.json names no method or seed"), notes
     try:
+        seed = int(seed)
+    except (TypeError, ValueError):
+        return None, Excluded(name, method, None, f"seed {seed!r} in result.json is not an integer"), notes
+    try:
         row = _eval_columns(result.get("eval") or {})
     except (ValueError, AttributeError, TypeError) as err:
         return None, Excluded(name, method, seed, f"result.json eval block malformed: {err}"), notes
@@ -217,7 +221,7 @@ def load_run(run_dir: Path, root: Path) -> tuple[dict | None, Excluded | None, l
     if verifier_free is None:
         verifier_free = method not in NOT_VERIFIER_FREE
     full_config = result.get("config") if isinstance(result.get("config"), dict) else config
-    row.update({"run": name, "run_dir": str(run_dir), "method": str(method), "seed": int(seed),
+    row.update({"run": name, "run_dir": str(run_dir), "method": str(method), "seed": seed,
                 "verifier_free": bool(verifier_free), "wall_time_s": result.get("wall_time_s"),
                 "experiment": full_config.get("experiment"), "_config": flatten(full_config),
                 "_mtime": (run_dir / "result.json").stat().st_mtime})

@@ -93,7 +93,8 @@ def task_type_table(runs: pd.DataFrame) -> Table:
         columns[col(split, "success")] = "All types"
         part = aggregate(runs, columns)
         part["group"] = [", ".join(filter(None, [f"split={split}", g])) for g in part["group"]]
-        parts.append(part)
+        if part[list(columns.values())].notna().any().any():  # leave out a split no run evaluated
+            parts.append(part)
     stats = pd.concat(parts, ignore_index=True)
     columns = [Column(TASK_TYPES.get(t, t), TASK_TYPES.get(t, t)) for t in tasks]
     columns.append(Column("All types", "All types"))
