@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dirs", nargs="+", help="folders searched (recursively) for run records")
     parser.add_argument("--out", help="output folder (default: <first sweep dir>/analysis)")
     parser.add_argument("--names", nargs="*", default=[], metavar="METHOD=DISPLAY",
-                        help="display names and order of methods; defaults: "
+                        help="display names (give sweep dirs first); new methods follow the "
+                        "defaults in the order given. Defaults: "
                         + ", ".join(f"{k}={v}" for k, v in METHOD_NAMES.items()))
     parser.add_argument("--where", nargs="*", default=[], metavar="KEY=VALUE",
                         help="keep only runs whose config has KEY=VALUE (e.g. experiment=paper_cpu)")
