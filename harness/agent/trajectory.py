@@ -26,6 +26,7 @@ class Turn:
     admissible_action: bool = True  # action was among the admissible commands
     repeated: bool = False  # same action as the previous turn
     won_after: bool = False
+    expert_action: str | None = None  # the planner's next action in this state (oracle_gate only)
 
 
 @dataclass

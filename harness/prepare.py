@@ -1,0 +1,156 @@
+"""The prepare stage: make the tiny teacher and student of the embedded default, once.
+
+Teacher: SFT on exploring-expert demonstrations of the train games until competent (plus any
+extra examples, e.g. judge examples, passed in by the caller). Student: smaller, warm-started
+by a short SFT on a few demonstrations, so it starts clearly weaker. Both are cached under a
+hash of everything that made them; a file lock makes concurrent jobs (a Slurm array starting
+at once) wait for one builder instead of racing, and the result is renamed into place.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from harness.agent.prompt import PromptSettings
+from harness.envs import EnvPool, discover_games
+from harness.envs.demos import load_jsonl, play_experts, save_jsonl
+from harness.sft import SFTSettings, action_accuracy, demo_data, train_sft
+from harness.tiny import (
+    STUDENT_SPEC,
+    TEACHER_SPEC,
+    TinyModelSpec,
+    build_tiny_model,
+    build_tokenizer,
+    save_tiny,
+)
+
+PREPARE_VERSION = "1"
+
+
+@dataclass
+class TinySettings:
+    """How the tiny pair is made (every field is a knob and part of the cache key)."""
+
+    teacher: TinyModelSpec = TEACHER_SPEC
+    student: TinyModelSpec = STUDENT_SPEC
+    teacher_sft: SFTSettings = field(default_factory=lambda: SFTSettings(steps=700, batch_size=16, lr=5e-4))
+    student_sft: SFTSettings = field(default_factory=lambda: SFTSettings(steps=150, batch_size=16, lr=5e-4, warmup_steps=20))
+    student_demos: int = 24
+    """Demonstration episodes the student is warm-started on (the teacher gets every train game)."""
+    heldout_demos: int = 20
+    """Train episodes held out of the teacher's SFT to report its next-action accuracy per verb."""
+    layout: str = "window"
+    seed: int = 0
+
+
+@dataclass
+class TinyPair:
+    """Where the prepared models are, and what was measured while making them."""
+
+    root: Path
+    teacher: Path
+    student: Path
+    report: dict
+
+
+def _cache_key(suite_root: Path, settings: TinySettings, prompt: PromptSettings, extra_key: str) -> str:
+    suite = json.loads((suite_root / "suite.json").read_text()).get("hash", str(suite_root))
+    blob = json.dumps({"v": PREPARE_VERSION, "suite": suite, "settings": asdict(settings),
+                       "prompt": asdict(prompt), "extra": extra_key}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def collect_demos(suite_root: Path, path: Path, num_workers: int = 2) -> list[dict]:
+    """Exploring-expert episodes on every train game (only won episodes are kept)."""
+    games = discover_games(suite_root, "train").games
+    with EnvPool(num_workers=num_workers, max_steps=30) as pool:
+        episodes = play_experts(pool, games, expert="explorer")
+    won = [e for e in episodes if e["won"]]
+    save_jsonl(won, path)
+    return won
+
+
+def _build(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSettings,
+           extra_teacher_data, log) -> dict:
+    started = time.perf_counter()
+    demos = collect_demos(suite_root, out / "demos.jsonl")
+    log(f"prepare: {len(demos)} exploring-expert demonstrations ({time.perf_counter() - started:.0f} s)")
+    corpus = [e["task"] for e in demos] + [t["observation"] + " " + " ".join(t["admissible"]) + " " + t["feedback"]
+                                           for e in demos for t in e["turns"]]
+    tokenizer = build_tokenizer(corpus, extra_words=["your", "task", "is", "to", "observation", "action",
+                                                     "admissible", "actions", "you", "have", "taken", "steps", "last"])
+    if len(demos) < 2:
+        raise ValueError(f"only {len(demos)} won demonstrations in {suite_root}: the suite needs more train games")
+    held = min(settings.heldout_demos, max(1, len(demos) // 5))
+    heldout, train = demos[:held], demos[held:]
+    teacher_data = demo_data(train, tokenizer, prompt, settings.layout)
+    if extra_teacher_data is not None:
+        teacher_data += extra_teacher_data(tokenizer, train)
+    heldout_data = demo_data(heldout, tokenizer, prompt, "window")
+    report: dict = {"demos": len(demos), "teacher_examples": len(teacher_data), "vocab": len(tokenizer)}
+
+    for role, spec, sft, data in (
+        ("teacher", settings.teacher, settings.teacher_sft, teacher_data),
+        ("student", settings.student, settings.student_sft,
+         demo_data(train[: settings.student_demos], tokenizer, prompt, settings.layout)),
+    ):
+        t0 = time.perf_counter()
+        model = build_tiny_model(spec, tokenizer, seed=settings.seed)
+        params = sum(p.numel() for p in model.parameters())
+        every = max(1, sft.steps // 10)
+        losses = train_sft(model, data, sft, tokenizer.pad_token_id,
+                           log=lambda r, role=role, every=every, total=sft.steps: r["step"] % every == 0 and log(
+                               f"prepare: {role} sft step {r['step']}/{total} loss {r['loss']:.3f}"))
+        accuracy = action_accuracy(model, heldout_data, tokenizer, tokenizer.pad_token_id)
+        save_tiny(model, tokenizer, out / role, spec)
+        report[role] = {"params": params, "sft_examples": len(data), "final_loss": losses[-1],
+                        "heldout_action_accuracy": accuracy, "build_s": time.perf_counter() - t0}
+        log(f"prepare: {role} ({params / 1e6:.2f}M params) built in {report[role]['build_s']:.0f} s; "
+            f"held-out next-action exact match: " + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
+    report["total_s"] = time.perf_counter() - started
+    return report
+
+
+def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = None,
+                 prompt: PromptSettings | None = None, cache_root: str | os.PathLike | None = None,
+                 extra_teacher_data=None, extra_key: str = "", log=print) -> TinyPair:
+    """Build (or reuse) the tiny teacher/student pair for this suite; safe under concurrency.
+
+    extra_teacher_data: optional callable (tokenizer, train_episodes) -> list[Datum] joined to the
+    teacher's SFT data (the judge examples); `extra_key` must name it for the cache key.
+    """
+    suite_root = Path(suite_root)
+    settings, prompt = settings or TinySettings(), prompt or PromptSettings()
+    from harness.models import cache_root as default_cache
+
+    base = Path(cache_root) if cache_root else default_cache() / "tiny"
+    key = _cache_key(suite_root, settings, prompt, extra_key)
+    final = base / key
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait, then reuse
+        if not (final / "report.json").exists():
+            tmp = base / f".{key}.{os.getpid()}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(settings.seed)
+                report = _build(suite_root, tmp, settings, prompt, extra_teacher_data, log)
+            (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+    report = json.loads((final / "report.json").read_text())
+    return TinyPair(final, final / "teacher", final / "student", report)
+
+
+def load_demos(pair: TinyPair) -> list[dict]:
+    return load_jsonl(pair.root / "demos.jsonl")

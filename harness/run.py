@@ -1,0 +1,207 @@
+"""One run end to end: prepare (games, models) -> train -> evaluate -> result.json.
+
+`harness/__main__.py` hands the Hydra config here; tests call `run(cfg, run_dir)` directly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+import torch
+
+import methods
+from harness import models as model_io
+from harness.agent.prompt import PromptSettings
+from harness.config import to_plain
+from harness.envs import EnvPool
+from harness.results import versions, write_json, write_result
+from harness.train import Models, train
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def cache_dir(cfg) -> Path:
+    return Path(cfg.cache_dir or os.environ.get("SAGE_OPD_CACHE") or Path.home() / ".cache" / "sage-opd").expanduser()
+
+
+@contextmanager
+def locked(path: Path):
+    """An exclusive file lock: concurrent jobs of a sweep prepare shared things once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def prompt_settings(cfg) -> PromptSettings:
+    p = cfg.prompt
+    return PromptSettings(history=p.history, show_admissible=p.show_admissible, answer_format=p.answer_format,
+                          drop_help=p.drop_help, system_prompt=p.system_prompt)
+
+
+def data_root(cfg) -> tuple[Path, str | None]:
+    """The games: the generated suite (built once, cached) or a real download."""
+    if cfg.env.name == "alfworld_synth" and not cfg.env.data_root:
+        from harness.envs.generate import SuiteSpec, ensure_suite
+
+        spec = SuiteSpec(**dict(cfg.env.suite))
+        with locked(cache_dir(cfg) / "games.lock"):
+            root = ensure_suite(spec, cache_root=cache_dir(cfg))
+        return root, json.loads((root / "suite.json").read_text()).get("hash")
+    from harness.envs import resolve_data_root
+
+    return resolve_data_root(cfg.env.data_root), None
+
+
+def judge_settings(cfg):
+    from harness.judge import JudgeSettings
+
+    template = Path(cfg.judge.template)
+    if not template.is_absolute():
+        template = CONF_DIR / template
+    return JudgeSettings(template=str(template), history=cfg.judge.history, labels=tuple(cfg.judge.labels))
+
+
+def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
+    """Student and teacher (the tiny pair is prepared once and cached), checked for compatibility."""
+    info: dict = {}
+    student_path, teacher_path = cfg.model.student.path, cfg.model.teacher.path
+    if cfg.model.name == "tiny" and not (student_path and teacher_path):
+        from harness.prepare import TinySettings, prepare_tiny
+        from harness.sft import SFTSettings
+        from harness.tiny import TinyModelSpec
+
+        t = cfg.model.tiny
+        settings = TinySettings(
+            teacher=TinyModelSpec(layers=t.teacher_layers, hidden=t.teacher_hidden, intermediate=4 * t.teacher_hidden),
+            student=TinyModelSpec(layers=t.student_layers, hidden=t.student_hidden, intermediate=4 * t.student_hidden),
+            teacher_sft=SFTSettings(steps=t.teacher_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr),
+            student_sft=SFTSettings(steps=t.student_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr, warmup_steps=20),
+            student_demos=t.student_demos, seed=0)
+        extra, extra_key = None, ""
+        if t.judge_examples > 0:  # judge examples join the teacher's SFT data (cpu_benchmark.md)
+            from harness.judge_data import judge_sft_data
+
+            extra = partial(judge_sft_data, suite_root=root, settings=judge_settings(cfg), num_examples=t.judge_examples)
+            extra_key = f"judge-v1-{t.judge_examples}-{asdict(judge_settings(cfg))}"
+        pair = prepare_tiny(root, settings, prompt_settings(cfg), cache_root=cache_dir(cfg) / "tiny",
+                            extra_teacher_data=extra, extra_key=extra_key, log=log)
+        student_path, teacher_path = student_path or str(pair.student), teacher_path or str(pair.teacher)
+        info["tiny_report"] = pair.report
+    if not student_path or not teacher_path:
+        raise ValueError("model.student.path and model.teacher.path must be set unless model=tiny "
+                         "(a Hugging Face id, a local directory, or a preset such as smollm2-135m-instruct).")
+    s, te = cfg.model.student, cfg.model.teacher
+    student = model_io.load_model(student_path, dtype=s.dtype, device=s.device, gguf_file=s.gguf_file)
+    teacher = model_io.load_model(teacher_path, dtype=te.dtype, device=te.device, gguf_file=te.gguf_file)
+    tokenizer = model_io.load_tokenizer(student_path, gguf_file=s.gguf_file)
+    teacher_tokenizer = model_io.load_tokenizer(teacher_path, gguf_file=te.gguf_file)
+    keep = model_io.check_compatible(tokenizer, teacher_tokenizer, student.get_output_embeddings().weight.shape[0],
+                                     teacher.get_output_embeddings().weight.shape[0],
+                                     student_name=student_path, teacher_name=teacher_path)
+    teacher.eval().requires_grad_(False)
+    if cfg.model.lora.enabled:
+        lo = cfg.model.lora
+        student = model_io.apply_lora(student, model_io.LoraSettings(rank=lo.rank, alpha=lo.alpha, dropout=lo.dropout,
+                                                                     target_modules=tuple(lo.target_modules)))
+    info |= {"student": student_path, "teacher": teacher_path, "keep_vocab": keep}
+    return Models(student, teacher, tokenizer, keep), info
+
+
+def make_judge(cfg):
+    """judge(teacher, tokenizer, trajectories) -> ({(traj, turn): probs_3}, {(traj, turn): valid})."""
+    from harness.judge import judge_turns
+
+    settings = judge_settings(cfg)
+
+    def judge(teacher, tokenizer, trajectories):
+        probs_U_3, valid_U, keys = judge_turns(teacher, tokenizer, trajectories, settings,
+                                               batch_size=cfg.judge.batch_size)
+        return ({k: probs_U_3[i] for i, k in enumerate(keys)}, {k: bool(valid_U[i]) for i, k in enumerate(keys)})
+
+    return judge
+
+
+def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
+    """Train and/or evaluate as `cfg.mode` says; always leaves result.json (complete or failed)."""
+    from harness.evaluate import evaluate
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one tqdm bar per run (the training loop's), not one per save/load
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = to_plain(cfg)
+    write_json(run_dir / "config.json", config)
+    torch.manual_seed(cfg.seed)
+    suite_hash = None
+    method = None
+    try:
+        method = methods.get(cfg.method.name, **_method_knobs(cfg))
+        root, suite_hash = data_root(cfg)
+        models, info = load_models(cfg, root, log)
+        if cfg.mode == "prepare":
+            log(f"prepared: games at {root}; student {info['student']}; teacher {info['teacher']}")
+            return {"status": "prepared", **info}
+        prompt = prompt_settings(cfg)
+        with EnvPool(num_workers=cfg.env.num_workers, max_steps=cfg.env.max_steps,
+                     with_plan=method.gate == "oracle") as pool:
+            extra: dict = {"models": info}
+            if cfg.eval.eval_teacher:
+                extra["teacher_eval"] = evaluate(models.teacher, models.tokenizer, root, cfg, pool, prompt, log)
+            if cfg.eval.eval_initial:
+                extra["initial_eval"] = evaluate(models.student, models.tokenizer, root, cfg, pool, prompt, log)
+            if cfg.mode == "train":
+                from harness.envs import discover_games
+
+                games = discover_games(root, "train", cfg.env.task_types, cfg.env.on_malformed).games
+                done = train(cfg, run_dir, models, method, games, pool,
+                             judge=make_judge(cfg) if method.needs_judge else None, prompt=prompt)
+                if done < cfg.train.steps:
+                    log(f"stopped after step {done} of {cfg.train.steps} (train.stop_after); rerun to resume")
+                    return {"status": "stopped", "step": done}
+            elif cfg.mode == "eval" and cfg.checkpoint:
+                _load_for_eval(models, cfg.checkpoint)
+            elif cfg.mode not in ("eval",):
+                raise ValueError(f"mode must be train, eval or prepare, not {cfg.mode!r}")
+            evaluation = evaluate(models.student, models.tokenizer, root, cfg, pool, prompt, log)
+        write_result(run_dir, status="complete", method=method.name, seed=cfg.seed, verifier_free=method.verifier_free,
+                     config=config, versions_=versions(suite_hash), evaluation=evaluation,
+                     wall_time_s=time.perf_counter() - started, extra=extra)
+        return json.loads((run_dir / "result.json").read_text())
+    except Exception as err:
+        write_result(run_dir, status="failed", method=cfg.method.name, seed=cfg.seed,
+                     verifier_free=method.verifier_free if method else True, config=config,
+                     versions_=versions(suite_hash), evaluation=None, wall_time_s=time.perf_counter() - started,
+                     error=f"{type(err).__name__}: {err}", extra={"traceback": traceback.format_exc()})
+        raise
+
+
+def _method_knobs(cfg) -> dict:
+    knobs = {k: v for k, v in dict(cfg.method).items() if k not in ("name", "sft_source") and v is not None}
+    if cfg.method.name == "sft":
+        knobs["sft_source"] = cfg.method.sft_source
+    return knobs
+
+
+def _load_for_eval(models: Models, checkpoint: str) -> None:
+    """mode=eval: a run dir (its latest checkpoint) or a saved model dir."""
+    from harness import checkpoint as ckpt
+
+    path = Path(checkpoint)
+    found = ckpt.latest(path) if (path / "checkpoints").exists() else None
+    if found is not None:
+        ckpt.load_weights_into(models.student, found)
+    elif (path / "config.json").exists() or (path / "adapter_config.json").exists():
+        ckpt.load_weights_into(models.student, path.parent if path.name == "model" else path)
+    else:
+        raise FileNotFoundError(f"checkpoint={checkpoint!r} is neither a run dir with checkpoints/ nor a saved model dir")

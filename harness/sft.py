@@ -1,0 +1,165 @@
+"""Supervised fine-tuning on demonstrations: the data builder and a small training loop.
+
+Used by the prepare stage to make the tiny teacher competent and to warm-start the student.
+The data are rendered with the very prompt code and chat frame that the rollout uses, so a
+model sees at training time exactly the token ids it will see when it plays.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from harness.agent.prompt import (
+    PromptSettings,
+    format_response,
+    render_first_user_message,
+    render_next_user_message,
+    render_window_messages,
+    system_messages,
+)
+from harness.agent.rollout import chat_tokens
+from harness.agent.trajectory import Datum, collate
+
+
+def _reply_ids(chat, action: str, settings: PromptSettings) -> list[int]:
+    return chat.encode(format_response(action, settings)) + [chat.end_of_turn_id]
+
+
+def demo_data(episodes: list[dict], tokenizer, settings: PromptSettings, layout: str = "window") -> list[Datum]:
+    """Demonstration episodes (JSONL records of harness.envs.demos) -> SFT data.
+
+    window: one Datum per turn; full: one Datum per episode, turns chained like the rollout.
+    """
+    chat = chat_tokens(tokenizer)
+    data: list[Datum] = []
+    for index, episode in enumerate(episodes):
+        task, turns = episode["task"], episode["turns"]
+        if layout == "window":
+            for t, turn in enumerate(turns):
+                history = [(u["observation"], u["action"]) for u in turns[:t]]
+                messages = render_window_messages(task, history, turn["observation"], turn["admissible"], settings)
+                prompt, _ = chat.prompt_ids(messages)
+                reply = _reply_ids(chat, turn["action"], settings)
+                data.append(Datum(prompt + reply, [0] * len(prompt) + [1] * len(reply),
+                                  [-1] * len(prompt) + [t] * len(reply), [0.0] * (len(prompt) + len(reply)), index))
+        elif layout == "full":
+            ids, mask, turn_index, logps = [], [], [], []
+            for t, turn in enumerate(turns):
+                if t == 0:
+                    first = render_first_user_message(task, turn["observation"], turn["admissible"], settings)
+                    prompt, _ = chat.prompt_ids(system_messages(settings) + [first])
+                else:
+                    prompt = chat.between_turns(render_next_user_message(task, turn["observation"], turn["admissible"], settings))
+                reply = _reply_ids(chat, turn["action"], settings)
+                ids += prompt + reply
+                mask += [0] * len(prompt) + [1] * len(reply)
+                turn_index += [-1] * len(prompt) + [t] * len(reply)
+                logps += [0.0] * (len(prompt) + len(reply))
+            if ids:
+                data.append(Datum(ids, mask, turn_index, logps, index))
+        else:
+            raise ValueError(f"layout must be 'window' or 'full', not {layout!r}")
+    return data
+
+
+def labelled_data(prompt_messages: list[list[dict]], replies: list[str], tokenizer) -> list[Datum]:
+    """Generic (chat prompt, reply) pairs -> SFT data, e.g. judge examples for the teacher."""
+    chat = chat_tokens(tokenizer)
+    data = []
+    for index, (messages, reply_text) in enumerate(zip(prompt_messages, replies, strict=True)):
+        prompt, _ = chat.prompt_ids(messages)
+        reply = chat.encode(reply_text) + [chat.end_of_turn_id]
+        data.append(Datum(prompt + reply, [0] * len(prompt) + [1] * len(reply),
+                          [-1] * len(prompt) + [0] * len(reply), [0.0] * (len(prompt) + len(reply)), index))
+    return data
+
+
+@dataclass
+class SFTSettings:
+    """Knobs of the supervised loop (defaults from the probe in platform.md)."""
+
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 5e-4
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+
+
+def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean NLL over response tokens, per-token correct-argmax flags, response mask), shifted by one."""
+    logits_B_T_V = model(input_ids=batch["tokens_B_T"], attention_mask=batch["attention_mask_B_T"]).logits
+    logits_B_S_V = logits_B_T_V[:, :-1].float()
+    targets_B_S = batch["tokens_B_T"][:, 1:]
+    mask_B_S = batch["response_mask_B_T"][:, 1:]
+    nll_B_S = torch.nn.functional.cross_entropy(logits_B_S_V.transpose(1, 2), targets_B_S, reduction="none")
+    loss = (nll_B_S * mask_B_S).sum() / mask_B_S.sum().clamp(min=1)
+    correct_B_S = (logits_B_S_V.argmax(-1) == targets_B_S).float()
+    return loss, correct_B_S, mask_B_S
+
+
+def train_sft(model, data: list[Datum], settings: SFTSettings, pad_id: int,
+              log: Callable[[dict], None] | None = None) -> list[float]:
+    """AdamW with linear warm-up and cosine decay on the response NLL; returns the loss curve."""
+    if not data:
+        raise ValueError("train_sft got no data")
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+
+    def lr_factor(step: int) -> float:
+        if step < settings.warmup_steps:
+            return (step + 1) / settings.warmup_steps
+        progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    rng = random.Random(settings.seed)
+    order: list[int] = []
+    losses = []
+    model.train()
+    for step in range(settings.steps):
+        if len(order) < settings.batch_size:
+            order += rng.sample(range(len(data)), len(data))
+        picked, order = order[: settings.batch_size], order[settings.batch_size:]
+        batch = {k: v.to(device) for k, v in collate([data[i] for i in picked], pad_id).items()}
+        loss, _, _ = response_nll(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if log is not None:
+            log({"step": step, "loss": losses[-1], "lr": scheduler.get_last_lr()[0]})
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def action_accuracy(model, data: list[Datum], tokenizer, pad_id: int, batch_size: int = 64) -> dict[str, float]:
+    """Exact-match next-action accuracy per command verb (every reply token argmax-correct),
+    so that `take`/`move`/`use`, which need the goal matched against what is in view, show apart."""
+    device = next(model.parameters()).device
+    hits: dict[str, list[int]] = defaultdict(list)
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(data), batch_size):
+        chunk = data[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+        _, correct_B_S, mask_B_S = response_nll(model, batch)
+        wrong_B = ((1 - correct_B_S) * mask_B_S).sum(1)
+        for datum, wrong in zip(chunk, wrong_B.tolist(), strict=True):
+            reply = [t for t, m in zip(datum.token_ids, datum.response_mask, strict=True) if m]
+            verb = tokenizer.decode(reply, skip_special_tokens=True).split(" ")[0] or "?"
+            hits[verb].append(int(wrong == 0))
+    model.train(was_training)
+    result = {verb: sum(v) / len(v) for verb, v in sorted(hits.items())}
+    result["all"] = sum(sum(v) for v in hits.values()) / max(1, sum(len(v) for v in hits.values()))
+    return result

@@ -1,0 +1,228 @@
+"""The distillation loop: rollout -> scoring (+ judge) -> method loss -> AdamW step.
+
+One optimizer step reads as one story (nanoGPT style):
+  1. the method's policy plays `envs_per_step` train games (student on-policy; teacher or
+     expert for sft);
+  2. the teacher scores every datum once (no grad) and, for the SAGE family, judges every turn;
+  3. the method turns teacher signals into weights, and their totals over the WHOLE step fix
+     the loss scale, so gradient accumulation over micro-batches never changes it;
+  4. per micro-batch: student forward with grad, method loss, backward; then clip and step.
+Every step appends one line to metrics.jsonl; checkpoints are atomic and a run resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from harness import checkpoint, scoring
+from harness.agent.prompt import PromptSettings
+from harness.agent.rollout import RolloutSettings, rollout
+from harness.agent.trajectory import Datum, Trajectory, collate
+from harness.envs import EnvPool, GameInfo
+from harness.envs.demos import play_experts
+from harness.sft import demo_data
+from methods import LABELS, Method, MethodBatch, merge_stats
+
+# metrics.jsonl names (analysis/RUN_RECORD.md) for the method's stat names
+_RENAME = {f"label_{label}_frac": f"label_frac_{label}" for label in LABELS} | {
+    "weight_mean": "weight_norm_mean", "weight_min": "weight_norm_min", "weight_max": "weight_norm_max"}
+
+
+@dataclass
+class Models:
+    """The live models of a run and what scoring needs to know about them."""
+
+    student: torch.nn.Module
+    teacher: torch.nn.Module
+    tokenizer: object
+    keep_vocab: int  # teacher logit rows kept (the student's vocabulary size)
+
+
+def make_optimizer(student, cfg) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the trainable parameters with warm-up then constant/linear/cosine decay."""
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule not in ("constant", "linear", "cosine"):
+        raise ValueError(f"train.schedule must be constant, linear or cosine, not {cfg.schedule!r}")
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        if cfg.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def games_for_step(games: list[GameInfo], step: int, count: int, seed: int) -> tuple[list[GameInfo], int]:
+    """The step's games: epochs of seeded permutations, so step k always plays the same games."""
+    position = step * count
+    picked = []
+    for p in range(position, position + count):
+        epoch, offset = divmod(p, len(games))
+        order = list(range(len(games)))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        picked.append(games[order[offset]])
+    return picked, position + count
+
+
+def oracle_labels(trajectories: list[Trajectory]) -> dict[tuple[int, int], int]:
+    """Verifier labels per (trajectory, turn): Strong for a rejected or repeated action, Skip for
+    the planner's own next action, Weak otherwise. Reads the environment: NOT verifier-free."""
+    labels = {}
+    for i, trajectory in enumerate(trajectories):
+        for t, turn in enumerate(trajectory.turns):
+            if not (turn.parseable and turn.admissible_action) or turn.repeated:
+                labels[(i, t)] = 2
+            elif turn.expert_action is not None and turn.action == turn.expert_action:
+                labels[(i, t)] = 0
+            else:
+                labels[(i, t)] = 1
+    return labels
+
+
+def _micro_batches(data: list[Datum], size: int) -> list[list[Datum]]:
+    # Similar lengths together: less padding in every forward.
+    ordered = sorted(data, key=lambda d: len(d.token_ids))
+    return [ordered[k:k + size] for k in range(0, len(ordered), size)]
+
+
+def train_step(step: int, cfg, models: Models, method: Method, games: list[GameInfo], pool: EnvPool,
+               optimizer, scheduler, judge=None, prompt: PromptSettings | None = None) -> dict:
+    """One optimizer step; returns its metrics line."""
+    times = {"rollout": 0.0, "scoring": 0.0, "judge": 0.0, "update": 0.0}
+    started = time.perf_counter()
+    settings = RolloutSettings(layout=cfg.prompt.layout, temperature=cfg.train.temperature, top_p=cfg.train.top_p,
+                               greedy=False, max_new_tokens=cfg.prompt.max_new_tokens, max_turns=cfg.env.max_steps)
+    seed = cfg.seed * 1_000_003 + step
+    if method.trajectory_source == "expert":
+        episodes = play_experts(pool, games, expert="explorer")
+        data = demo_data(episodes, models.tokenizer, prompt, cfg.prompt.layout)
+        trajectories = None
+        success = sum(e["won"] for e in episodes) / len(episodes)
+        invalid = repeated = 0.0
+    else:
+        policy = models.student if method.trajectory_source == "student" else models.teacher
+        trajectories = rollout(policy, models.tokenizer, pool, games, settings, prompt, seed=seed)
+        data = [d for trajectory in trajectories for d in trajectory.data]
+        turns = max(1, sum(t.num_turns for t in trajectories))
+        success = sum(t.won for t in trajectories) / len(trajectories)
+        invalid = sum(t.invalid_actions for t in trajectories) / turns
+        repeated = sum(t.repeated_actions for t in trajectories) / turns
+    times["rollout"] = time.perf_counter() - started
+
+    pad_id = models.tokenizer.pad_token_id
+    micro = [collate(chunk, pad_id) for chunk in _micro_batches(data, cfg.train.micro_batch_size)]
+    started = time.perf_counter()
+    teacher_outs = [scoring.teacher_pass(models.teacher, b, keep_vocab=models.keep_vocab, chunk_size=cfg.train.chunk_size,
+                                         temperature=method.temperature)
+                    if method.needs_teacher_logits else None for b in micro]
+    times["scoring"] += time.perf_counter() - started
+
+    judged = oracle = None
+    if method.needs_judge:
+        started = time.perf_counter()
+        judged = judge(models.teacher, models.tokenizer, trajectories)
+        times["judge"] = time.perf_counter() - started
+    elif method.gate == "oracle":
+        oracle = oracle_labels(trajectories)
+
+    batches = []
+    for b, t_out in zip(micro, teacher_outs, strict=True):
+        keys = [tuple(k) for k in b["turn_keys_U"].tolist()]
+        fields = {}
+        if judged is not None:
+            probs, valid = judged
+            fields["judge_probs_U_3"] = torch.stack([probs[k] for k in keys]) if keys else torch.zeros(0, 3)
+            fields["judge_valid_U"] = torch.tensor([valid[k] for k in keys], dtype=torch.bool)
+        if oracle is not None:
+            fields["oracle_labels_U"] = torch.tensor([oracle[k] for k in keys], dtype=torch.long)
+        batches.append(MethodBatch(response_mask_B_T=b["response_mask_B_T"], turn_ids_B_T=b["turn_ids_B_T"],
+                                   teacher_top1_B_T=t_out.top1_B_T.cpu() if t_out is not None else None,
+                                   sequence_ids_B=torch.arange(len(batches) * 10_000, len(batches) * 10_000 + len(b["tokens_B_T"])),
+                                   **fields))
+    totals = method.totals(batches)
+
+    started = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    stats, kls = [], []
+    device = next(models.student.parameters()).device
+    for b, t_out, mb in zip(micro, teacher_outs, batches, strict=True):
+        b = {k: v.to(device) for k, v in b.items()}
+        if t_out is None:  # sft: NLL of the policy's tokens
+            token_loss_B_T = -scoring.sequence_logprobs(models.student, b, chunk_size=cfg.train.chunk_size)
+        else:
+            _, teacher_head = scoring.model_parts(models.teacher)
+            out = scoring.student_pass(models.student, teacher_head, b, t_out, estimator=method.estimator,
+                                       chunk_size=cfg.train.chunk_size, beta=method.beta, clip_eps=method.clip_eps,
+                                       temperature=method.temperature)
+            token_loss_B_T = out.token_loss_B_T
+            kls.append((out.kl_B_T.cpu() * mb.response_mask_B_T).sum().item())
+        loss, batch_stats = method.loss(_with_loss(mb, token_loss_B_T.cpu() if device.type == "cpu" else token_loss_B_T), totals)
+        loss.backward()
+        stats.append(batch_stats)
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in models.student.parameters() if p.requires_grad], cfg.train.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    times["update"] = time.perf_counter() - started
+
+    merged = {_RENAME.get(k, k): v for k, v in merge_stats(stats).items()}
+    tokens = max(1.0, merged.get("tokens", 1.0))
+    return merged | {
+        "step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+        "kl_student_teacher": sum(kls) / tokens if kls else None,
+        "rollout_success": success, "invalid_action_rate": invalid, "repeated_action_rate": repeated,
+        "episodes": len(games), "data": len(data),
+        **{f"time_{k}_s": v for k, v in times.items()}, "time_step_s": sum(times.values()),
+    }
+
+
+def _with_loss(batch: MethodBatch, token_loss_B_T: torch.Tensor) -> MethodBatch:
+    from dataclasses import replace
+
+    return replace(batch, token_loss_B_T=token_loss_B_T)
+
+
+def train(cfg, run_dir: Path, models: Models, method: Method, games: list[GameInfo], pool: EnvPool,
+          judge=None, prompt: PromptSettings | None = None) -> int:
+    """Run (or resume) the loop in `run_dir`; returns the number of steps done."""
+    optimizer, scheduler = make_optimizer(models.student, cfg.train)
+    start = 0
+    found = checkpoint.latest(run_dir)
+    if found is not None:
+        state = checkpoint.load_state(found)
+        checkpoint.load_weights_into(models.student, found)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        checkpoint.set_rng_state(state["rng"])
+        start = state["step"]
+        checkpoint.truncate_metrics(run_dir, start)
+        print(f"resuming {run_dir} from {found.name} (step {start})")
+    else:
+        checkpoint.truncate_metrics(run_dir, 0)
+    stop = cfg.train.steps if cfg.train.stop_after is None else min(cfg.train.steps, cfg.train.stop_after)
+    models.student.train()
+    bar = tqdm(range(start, stop), initial=start, total=cfg.train.steps, desc=f"{method.name} seed {cfg.seed}", unit="step")
+    for step in bar:
+        step_games, position = games_for_step(games, step, cfg.train.envs_per_step, cfg.seed)
+        line = train_step(step, cfg, models, method, step_games, pool, optimizer, scheduler, judge, prompt)
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(line, sort_keys=True) + "\n")
+        bar.set_postfix(loss=f"{line.get('loss', 0):.4f}", success=f"{line['rollout_success']:.2f}")
+        done = step + 1
+        if done % cfg.train.checkpoint_every == 0 or done == cfg.train.steps:
+            checkpoint.save(run_dir, models.student, models.tokenizer, optimizer, scheduler, done,
+                            {"data_position": position})
+    return stop
