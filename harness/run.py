@@ -132,9 +132,9 @@ def make_judge(cfg):
 
 def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
     """Train and/or evaluate as `cfg.mode` says; always leaves result.json (complete or failed)."""
-    from harness.evaluate import evaluate
-
     from transformers.utils import logging as hf_logging
+
+    from harness.evaluate import evaluate
 
     hf_logging.disable_progress_bar()  # one tqdm bar per run (the training loop's), not one per save/load
     started = time.perf_counter()
