@@ -60,12 +60,21 @@ def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
 
 
 def build_tokenizer(
-    corpus: Iterable[str] = (), *, extra_words: Iterable[str] = (), model_max_length: int = 8192
+    corpus: Iterable[str] = (),
+    *,
+    extra_words: Iterable[str] = (),
+    seed_words: Iterable[str] | None = None,
+    model_max_length: int = 8192,
 ) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over alfworld names, numbers 0-99, command words and the corpus words."""
+    """Word-level tokenizer: seed words (default alfworld's names), 0-99, commands, extra and corpus words.
+
+    `extra_words` are whole words to add (e.g. a judge prompt's labels); corpus texts are split
+    by the tokenizer's own pre-tokenizer, so every piece they contain becomes a token.
+    """
     normalizer = normalizers.Lowercase()
     pre_tokenizer = _pre_tokenizer()
-    words = set(alfworld_words()) | {str(n) for n in range(100)} | set(COMMAND_WORDS)
+    seed_words = alfworld_words() if seed_words is None else seed_words
+    words = {w.lower() for w in seed_words} | {str(n) for n in range(100)} | set(COMMAND_WORDS)
     words |= {w.lower() for w in extra_words}
     for text in corpus:
         words.update(piece for piece, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
