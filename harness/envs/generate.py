@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import multiprocessing
 import os
@@ -73,9 +74,15 @@ class SuiteSpec:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "num_workers"}
 
 
+def _alfworld_version() -> str:
+    return importlib.metadata.version("alfworld")
+
+
 def suite_hash(spec: SuiteSpec) -> str:
     """Hash of (generator version, spec): the suite's cache key."""
-    payload = pddl_writer.dumps({"version": GENERATOR_VERSION, **spec.hashed_fields()})
+    # The domain and grammar text come from the installed alfworld: its version is an input too.
+    payload = pddl_writer.dumps({"version": GENERATOR_VERSION, "alfworld": _alfworld_version(),
+                                 **spec.hashed_fields()})
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -132,37 +139,61 @@ def _draw(spec: SuiteSpec, slot: _Slot, pool: list[scenes.RoomTemplate], taken: 
 
 # ---- verification (runs in worker processes: Fast Downward rewrites sys.argv/sys.stdout) ----
 
-_ENV = None
+_ENGINE: tuple | None = None  # (fast_downward, textworld's pddl logic, GameLogic, libdownward)
 
 
-def _verify(job: tuple[int, str, str]) -> tuple[int, list[str] | None, str]:
-    """Play the planner's plan from reset; return (job id, walkthrough or None, why not)."""
-    global _ENV
-    job_id, sentence, problem = job
+def _engine() -> tuple:
+    global _ENGINE
+    if _ENGINE is None:
+        # One GameLogic and one libdownward per process: each PddlEnv would load its own copy
+        # of the library (~2 MB, never freed) and parse the grammar again.
+        import fast_downward
+        from textworld.envs.pddl import logic as pddl_logic
+
+        logic = pddl_logic.GameLogic(domain=pddl_writer.domain_text(),
+                                     grammar=pddl_writer.grammar_text("verify the plan"))
+        _ENGINE = (fast_downward, pddl_logic, logic, fast_downward.load_lib())
+    return _ENGINE
+
+
+def _demangled_names(state) -> dict:
+    """Entity infos named as AlfredTWEnv names them (`apple 1`), like PddlEnv + AlfredDemangler."""
+    from alfworld.agents.utils.misc import Demangler
+    from textworld.generator.game import EntityInfo
+
+    infos = {v.name: EntityInfo(v.name, v.type) for fact in state.facts for v in fact.arguments}
+    demangler = Demangler(game_infos=infos, shuffle=False)
+    for info in infos.values():
+        info.name = demangler.demangle_alfred_name(info.id)
+    return infos
+
+
+def _verify(job: tuple[int, str]) -> tuple[int, list[str] | None, str]:
+    """Plan from the initial state with Fast Downward, apply the plan's operators in the
+    engine's state and check the engine's goal test; return (job id, walkthrough or None, why).
+
+    This is what PddlEnv does on reset/step minus rendering text and admissible commands for
+    every state (most of the cost); the walkthrough text is textworld's own `policy_commands`.
+    """
+    job_id, problem = job
     try:
-        if _ENV is None:  # one env per process: each PddlEnv loads its own copy of libdownward
-            import textworld
-            from alfworld.agents.environment.alfred_tw_env import AlfredDemangler
-            from textworld.envs.pddl.pddl import PddlEnv
-            _ENV = AlfredDemangler(PddlEnv(textworld.EnvInfos(won=True)), shuffle=False)
-        env = _ENV
-        env.load({"pddl_domain": pddl_writer.domain_text(), "grammar": pddl_writer.grammar_text(sentence),
-                  "pddl_problem": problem})
-        env.request_infos.policy_commands = True  # the plan at reset only: replanning per step is slow
-        state = env.reset()
-        env.request_infos.policy_commands = False
-        plan = list(state["policy_commands"] or [])
-        if state["won"]:
+        fast_downward, pddl_logic, logic, downward = _engine()
+        state = pddl_logic.PddlState(downward, problem, logic)
+        if state.check_goal():
             return job_id, None, "goal already satisfied at start"
-        if not plan:
+        walkthrough = state.replan(_demangled_names(state))
+        if not walkthrough:
             return job_id, None, "the planner found no plan"
-        for command in plan:
-            state, _, _ = env.step(command)
-            if state.feedback.strip() == "Nothing happens.":
-                return job_id, None, f"plan step {command!r} was rejected"
-        if not state["won"]:
+        operators = (fast_downward.Operator * downward.get_last_plan_length())()
+        downward.get_last_plan(operators)
+        for step in [op.name for op in operators]:
+            applicable = {state._operators[a.id].name: a for a in state.all_applicable_actions()}
+            if step not in applicable:
+                return job_id, None, f"plan step {step!r} is not applicable"
+            state.apply(applicable[step])
+        if not state.check_goal():
             return job_id, None, "the plan did not reach the goal"
-        return job_id, plan, ""
+        return job_id, walkthrough, ""
     except Exception as error:  # a game the engine cannot load is a failed draw, not a crash
         return job_id, None, f"{type(error).__name__}: {error}"
 
@@ -177,7 +208,7 @@ def _verify_here(jobs: list) -> list:
 
 def _verify_all(slots: list[_Slot], pool) -> list[_Slot]:
     """Verify every slot; stamp the walkthrough of those that pass; return those that fail."""
-    jobs = [(i, s.draw.sentence, s.problem) for i, s in enumerate(slots)]
+    jobs = [(i, s.problem) for i, s in enumerate(slots)]
     results = pool.imap_unordered(_verify, jobs, chunksize=4) if pool else _verify_here(jobs)
     failed = []
     for job_id, walkthrough, _reason in results:
@@ -252,6 +283,7 @@ def generate_suite(spec: SuiteSpec, out_dir: str | Path) -> dict:
             _write_game(root, spec, slot)
     summary = {
         "generator": "harness.envs.generate", "version": GENERATOR_VERSION, "hash": suite_hash(spec),
+        "alfworld": _alfworld_version(),
         "spec": spec.hashed_fields(),
         "counts": {split: {"total": len(s), **Counter(x.task_type for x in s)} for split, s in slots.items()},
         "templates": {split: sorted({x.draw.scene_num for x in s}) for split, s in slots.items()},
