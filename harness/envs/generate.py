@@ -3,8 +3,9 @@
 Every game is written in the real on-disk layout
 (`json_2.1.1/<split>/<task>-<Obj>-None-<Recep>-<scene>/trial_*/` with `traj_data.json`,
 `game.tw-pddl`, `initial_state.pddl`) and is stamped `solvable: true` with a `walkthrough`
-only after the planner's plan, played through textworld's PddlEnv with alfworld's own
-name demangler, reaches `won=True`. A game that does not verify is drawn again.
+only after Fast Downward's plan, applied step by step in textworld's PDDL state, reaches the
+goal; the walkthrough is named with alfworld's own demangler (`apple 1`), as AlfredTWEnv
+names things. A game that does not verify is drawn again, never shipped.
 
     python -m harness.envs.generate --out DIR --seed 0          # or without --out: the cache
 """
