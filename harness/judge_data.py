@@ -92,6 +92,7 @@ class NoisyEpisode:
     task_type: str
     turns: list[NoisyTurn] = field(default_factory=list)
     won: bool = False
+    failed: str | None = None  # why the env failed outside the game (its turns so far are kept)
 
 
 def label_of(action: str, feedback: str, expert_action: str, previous: str | None) -> int:
@@ -154,7 +155,8 @@ def play_noisy_episodes(suite_root: str | Path, settings: JudgeDataSettings, *, 
     experts = [ExploringExpert(g.task_type, g.params) for g in games]
     with EnvPool(num_workers=settings.num_workers, max_steps=settings.max_steps) as pool:
         states = pool.reset([g.gamefile for g in games])
-        episodes = [NoisyEpisode(g.gamefile, s.task, g.task_type) for g, s in zip(games, states, strict=True)]
+        episodes = [NoisyEpisode(g.gamefile, s.task, g.task_type, failed=s.failed)
+                    for g, s in zip(games, states, strict=True)]
         while not pool.all_done:
             before = [(s.text, list(s.admissible)) for s in states]
             plans: list[tuple[str, str, str] | None] = []
@@ -166,6 +168,7 @@ def play_noisy_episodes(suite_root: str | Path, settings: JudgeDataSettings, *, 
             states = pool.step([p[0] if p else None for p in plans])
             for i, plan in enumerate(plans):
                 if plan is None or states[i].failed:
+                    episodes[i].failed = episodes[i].failed or states[i].failed
                     continue
                 action, own, kind = plan
                 feedback = states[i].text
@@ -176,6 +179,8 @@ def play_noisy_episodes(suite_root: str | Path, settings: JudgeDataSettings, *, 
                 turns.append(NoisyTurn(before[i][0], action, feedback, own, kind,
                                        label_of(action, feedback, own, previous)))
                 episodes[i].won = states[i].won
+    if all(e.failed for e in episodes):
+        raise RuntimeError(f"every noisy episode failed in the env pool; the first: {episodes[0].failed}")
     return episodes
 
 
