@@ -7,7 +7,9 @@ The token at position j is predicted by the logits at j-1. Each model's body (th
 without the output head) runs ONCE over every datum; only the N hidden states that predict a
 response token are gathered, and the V-wide head is applied to C of them at a time. A V-wide
 fp32 logit row costs 0.6 MB at V=152k, so 4,096 tokens would need 2.5 GB per logits copy and a
-KL builds several such copies; chunking bounds that by C. For the student, each chunk
+KL builds several such copies; chunking bounds that by C (about 8 copies of C x V fp32 at
+the peak: 2.1 GB at C=512, V=152k, against 14 GB unchunked for 4,096 tokens, measured by
+`python -m harness.bench.scoring`). For the student, each chunk
 (head -> logits, teacher head -> logits, token loss) runs under `torch.utils.checkpoint`: the
 backward pass recomputes a chunk's logits instead of keeping all of them alive. The teacher pass
 keeps its final hidden states at the response positions (N x D, small) so the student pass can
@@ -128,7 +130,7 @@ def _sampled_ids(batch: Batch, positions: Positions, device: torch.device) -> Te
 
 
 @torch.no_grad()
-def teacher_pass(teacher, batch: Batch, *, keep_vocab: int, chunk_size: int = 1024, temperature: float = 1.0) -> TeacherOutput:
+def teacher_pass(teacher, batch: Batch, *, keep_vocab: int, chunk_size: int = 512, temperature: float = 1.0) -> TeacherOutput:
     """Teacher log p of each sampled token and top-1 probability, over its first `keep_vocab` rows."""
     positions = response_positions(batch)
     body, head = model_parts(teacher)
@@ -180,7 +182,7 @@ def student_pass(
     teacher_out: TeacherOutput,
     *,
     estimator: str = "full_kl",
-    chunk_size: int = 1024,
+    chunk_size: int = 512,
     beta: float = 0.5,
     clip_eps: float | None = None,
     temperature: float = 1.0,
@@ -225,7 +227,7 @@ def _logprob_chunk(hidden_C_D: Tensor, targets_C: Tensor, *, head: torch.nn.Modu
     return F.log_softmax(logits_C_V, dim=-1).gather(1, targets_C[:, None]).squeeze(1)
 
 
-def sequence_logprobs(model, batch: Batch, *, which: str = "response", chunk_size: int = 1024, keep_vocab: int | None = None) -> Tensor:
+def sequence_logprobs(model, batch: Batch, *, which: str = "response", chunk_size: int = 512, keep_vocab: int | None = None) -> Tensor:
     """log p of each token under `model` (B, T), zero elsewhere; with grad when grad is enabled.
 
     which='response' scores the sampled tokens (rollout checks, SFT on responses), 'all' every

@@ -211,3 +211,11 @@ def test_sequence_logprobs_all_tokens_matches_forward(tokenizer, student):
     assert (logp_B_T[:, 0] == 0).all() and (logp_B_T[1, 14:] == 0).all()  # row 1 has 14 real tokens
     logp_B_T.sum().backward()  # differentiable through the checkpointed chunks
     assert student.get_input_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_batch_without_response_tokens_scores_zero(tokenizer, teacher, student):
+    batch = batch_of(tokenizer, make_datum([("prompt", 6)], len(tokenizer), 10))
+    teacher_out = teacher_pass(teacher, batch, keep_vocab=len(tokenizer))
+    out = student_pass(student, model_parts(teacher)[1], batch, teacher_out)
+    assert teacher_out.logp_N.shape == (0,) and torch.equal(out.token_loss_B_T.detach(), torch.zeros(1, 6))
+    out.token_loss_B_T.sum().backward()  # a step with nothing to learn still runs

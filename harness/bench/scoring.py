@@ -147,6 +147,7 @@ def memory(args: argparse.Namespace) -> None:
     results = {}
     for variant in ("chunked", "naive"):
         if args.device == "cuda":
+            memory_child(variant, 256, args.chunk_size, "cuda")  # warm-up: CUDA context, kernels
             results[variant] = memory_child(variant, args.tokens, args.chunk_size, "cuda")
             torch.cuda.empty_cache()
             continue
