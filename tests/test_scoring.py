@@ -16,7 +16,9 @@ from methods.estimators import token_loss
 
 CORPUS = ["You arrive at countertop 1. On the countertop 1, you see a apple 1, and a mug 2."]
 STUDENT = TinyModelSpec(layers=2, hidden=32, heads=2, kv_heads=1, intermediate=64)
-TEACHER = TinyModelSpec(layers=2, hidden=48, heads=4, kv_heads=2, intermediate=96, tie_embeddings=False)
+TEACHER = TinyModelSpec(
+    layers=2, hidden=48, heads=4, kv_heads=2, intermediate=96, tie_embeddings=False
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,14 @@ def make_datum(segments: list[tuple[str, int]], vocab: int, seed: int, index: in
     return Datum(ids, mask, turns, old, trajectory_index=index)
 
 
-THREE_TURNS = [("prompt", 9), ("response", 4), ("prompt", 6), ("response", 3), ("prompt", 5), ("response", 5)]
+THREE_TURNS = [
+    ("prompt", 9),
+    ("response", 4),
+    ("prompt", 6),
+    ("response", 3),
+    ("prompt", 5),
+    ("response", 5),
+]
 TWO_TURNS = [("prompt", 4), ("response", 2), ("prompt", 3), ("response", 3), ("prompt", 2)]
 
 
@@ -63,21 +72,34 @@ def test_one_pass_equals_per_turn_recomputation(tokenizer, teacher, student):
     batch = batch_of(tokenizer, full, make_datum(TWO_TURNS, vocab, seed=1, index=1))  # padded row 1
     out = teacher_pass(teacher, batch, keep_vocab=vocab, chunk_size=5)
     student_logp_B_T = sequence_logprobs(student, batch)
-    ends = [i + 1 for i in range(len(full.token_ids)) if full.response_mask[i] and (i + 1 == len(full.token_ids) or not full.response_mask[i + 1])]
+    ends = [
+        i + 1
+        for i in range(len(full.token_ids))
+        if full.response_mask[i] and (i + 1 == len(full.token_ids) or not full.response_mask[i + 1])
+    ]
     assert len(ends) == 3
     for turn, end in enumerate(ends):
         # This turn's prefix alone, scored only on this turn's tokens, as a per-turn scorer would.
-        mask = [int(m and t == turn) for m, t in zip(full.response_mask[:end], full.turn_index[:end], strict=True)]
+        mask = [
+            int(m and t == turn)
+            for m, t in zip(full.response_mask[:end], full.turn_index[:end], strict=True)
+        ]
         alone = Datum(full.token_ids[:end], mask, full.turn_index[:end], full.sample_logprobs[:end])
         single = batch_of(tokenizer, alone)
         ref = teacher_pass(teacher, single, keep_vocab=vocab)
         positions = torch.tensor(mask, dtype=torch.bool)
         assert positions.sum() == [4, 3, 5][turn]
-        torch.testing.assert_close(out.logp_B_T[0, :end][positions], ref.logp_B_T[0][positions], atol=1e-5, rtol=0)
-        torch.testing.assert_close(out.top1_B_T[0, :end][positions], ref.top1_B_T[0][positions], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            out.logp_B_T[0, :end][positions], ref.logp_B_T[0][positions], atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(
+            out.top1_B_T[0, :end][positions], ref.top1_B_T[0][positions], atol=1e-5, rtol=0
+        )
         with torch.no_grad():
             ref_student = sequence_logprobs(student, single)
-        torch.testing.assert_close(student_logp_B_T[0, :end][positions], ref_student[0][positions], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            student_logp_B_T[0, :end][positions], ref_student[0][positions], atol=1e-5, rtol=0
+        )
 
 
 def naive_scores(student, teacher, batch, estimator, **knobs):
@@ -92,17 +114,27 @@ def naive_scores(student, teacher, batch, estimator, **knobs):
     loss_N = token_loss(estimator, s, t, sampled, batch["old_logp_B_T"][:, 1:][mask], **knobs)
     logp_s, logp_t = F.log_softmax(s, -1), F.log_softmax(t, -1)
     kl_N = (logp_s.exp() * (logp_s - logp_t)).sum(-1)
+
     def place(values_N):
         out = torch.zeros(tokens.shape)
         out[:, 1:][mask] = values_N
         return out
-    return place(loss_N), place(logp_s.gather(1, sampled[:, None]).squeeze(1).detach()), place(kl_N.detach())
+
+    return (
+        place(loss_N),
+        place(logp_s.gather(1, sampled[:, None]).squeeze(1).detach()),
+        place(kl_N.detach()),
+    )
 
 
-@pytest.mark.parametrize("estimator,knobs", [("full_kl", {}), ("sampled", {"clip_eps": 0.2}), ("jsd", {"beta": 0.3})])
+@pytest.mark.parametrize(
+    "estimator,knobs", [("full_kl", {}), ("sampled", {"clip_eps": 0.2}), ("jsd", {"beta": 0.3})]
+)
 def test_chunked_equals_naive_values_and_gradients(tokenizer, teacher, student, estimator, knobs):
     vocab = len(tokenizer)
-    batch = batch_of(tokenizer, make_datum(THREE_TURNS, vocab, 2), make_datum(TWO_TURNS, vocab, 3, index=1))
+    batch = batch_of(
+        tokenizer, make_datum(THREE_TURNS, vocab, 2), make_datum(TWO_TURNS, vocab, 3, index=1)
+    )
     params = [p for p in student.parameters() if p.requires_grad]
     student.zero_grad()
     loss_ref, logp_ref, kl_ref = naive_scores(student, teacher, batch, estimator, **knobs)
@@ -112,7 +144,15 @@ def test_chunked_equals_naive_values_and_gradients(tokenizer, teacher, student, 
     for chunk_size in (1, 3, 7, 1000):
         student.zero_grad()
         teacher_out = teacher_pass(teacher, batch, keep_vocab=vocab, chunk_size=chunk_size)
-        out = student_pass(student, teacher_head, batch, teacher_out, estimator=estimator, chunk_size=chunk_size, **knobs)
+        out = student_pass(
+            student,
+            teacher_head,
+            batch,
+            teacher_out,
+            estimator=estimator,
+            chunk_size=chunk_size,
+            **knobs,
+        )
         torch.testing.assert_close(out.token_loss_B_T, loss_ref, atol=1e-5, rtol=0)
         torch.testing.assert_close(out.logp_B_T, logp_ref, atol=1e-5, rtol=0)
         torch.testing.assert_close(out.kl_B_T, kl_ref, atol=1e-5, rtol=0)
@@ -124,19 +164,29 @@ def test_chunked_equals_naive_values_and_gradients(tokenizer, teacher, student, 
 
 def test_masks_cover_exactly_the_sampled_tokens(tokenizer, teacher, student):
     vocab = len(tokenizer)
-    batch = batch_of(tokenizer, make_datum(THREE_TURNS, vocab, 4), make_datum(TWO_TURNS, vocab, 5, index=1))
+    batch = batch_of(
+        tokenizer, make_datum(THREE_TURNS, vocab, 4), make_datum(TWO_TURNS, vocab, 5, index=1)
+    )
     teacher_out = teacher_pass(teacher, batch, keep_vocab=vocab)
     out = student_pass(student, model_parts(teacher)[1], batch, teacher_out)
     response = batch["response_mask_B_T"] > 0
     assert response.sum() == 12 + 5
-    for values in (out.token_loss_B_T.detach(), out.logp_B_T, out.kl_B_T, teacher_out.logp_B_T, teacher_out.top1_B_T):
+    for values in (
+        out.token_loss_B_T.detach(),
+        out.logp_B_T,
+        out.kl_B_T,
+        teacher_out.logp_B_T,
+        teacher_out.top1_B_T,
+    ):
         assert torch.equal(values != 0, response)
     assert (out.logp_B_T[response] < 0).all() and (teacher_out.top1_B_T[response] <= 1).all()
     # Padding ids never matter: replace them with arbitrary tokens and nothing changes.
     noisy = dict(batch)
     noisy["tokens_B_T"] = batch["tokens_B_T"].clone()
     noisy["tokens_B_T"][batch["attention_mask_B_T"] == 0] = 7
-    again = student_pass(student, model_parts(teacher)[1], noisy, teacher_pass(teacher, noisy, keep_vocab=vocab))
+    again = student_pass(
+        student, model_parts(teacher)[1], noisy, teacher_pass(teacher, noisy, keep_vocab=vocab)
+    )
     torch.testing.assert_close(again.kl_B_T, out.kl_B_T, atol=1e-6, rtol=0)
 
 
@@ -151,7 +201,9 @@ def test_hand_computed_bigram_model(tokenizer):
 
     p_S(4) = 3/12 = 1/4, p_S(other) = 1/12;  KL(S||U) = 1/4 ln(10/4) + 9/12 ln(10/12) = 0.092332.
     """
-    spec = TinyModelSpec(layers=1, hidden=8, heads=2, kv_heads=2, intermediate=8, tie_embeddings=False)
+    spec = TinyModelSpec(
+        layers=1, hidden=8, heads=2, kv_heads=2, intermediate=8, tie_embeddings=False
+    )
     teacher = build_tiny_model(spec, tokenizer, vocab_size=10)
     student = build_tiny_model(spec, tokenizer, vocab_size=10)
     with torch.no_grad():
@@ -169,10 +221,21 @@ def test_hand_computed_bigram_model(tokenizer):
     out = student_pass(student, model_parts(teacher)[1], batch, teacher_out)
     expected_kl = 0.25 * math.log(10 / 4) + 0.75 * math.log(10 / 12)
     assert expected_kl == pytest.approx(0.0923315, abs=1e-6)
-    torch.testing.assert_close(out.kl_B_T[0], torch.tensor([0, expected_kl, expected_kl, 0]), atol=2e-6, rtol=0)
-    torch.testing.assert_close(out.logp_B_T[0], torch.tensor([0, math.log(1 / 4), math.log(1 / 12), 0]), atol=2e-6, rtol=0)
-    torch.testing.assert_close(teacher_out.logp_B_T[0], torch.tensor([0, -math.log(10), -math.log(10), 0]), atol=1e-6, rtol=0)
-    torch.testing.assert_close(teacher_out.top1_B_T[0], torch.tensor([0, 0.1, 0.1, 0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        out.kl_B_T[0], torch.tensor([0, expected_kl, expected_kl, 0]), atol=2e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        out.logp_B_T[0], torch.tensor([0, math.log(1 / 4), math.log(1 / 12), 0]), atol=2e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        teacher_out.logp_B_T[0],
+        torch.tensor([0, -math.log(10), -math.log(10), 0]),
+        atol=1e-6,
+        rtol=0,
+    )
+    torch.testing.assert_close(
+        teacher_out.top1_B_T[0], torch.tensor([0, 0.1, 0.1, 0]), atol=1e-6, rtol=0
+    )
 
 
 def test_padded_teacher_vocab_is_truncated(tokenizer, student):
@@ -180,16 +243,27 @@ def test_padded_teacher_vocab_is_truncated(tokenizer, student):
     plain = build_tiny_model(TEACHER, tokenizer, seed=3)
     padded = build_tiny_model(TEACHER, tokenizer, seed=3, vocab_size=vocab + 64)
     with torch.no_grad():
-        padded.load_state_dict({k: v for k, v in plain.state_dict().items() if "embed" not in k and "lm_head" not in k}, strict=False)
+        padded.load_state_dict(
+            {
+                k: v
+                for k, v in plain.state_dict().items()
+                if "embed" not in k and "lm_head" not in k
+            },
+            strict=False,
+        )
         padded.get_input_embeddings().weight[:vocab] = plain.get_input_embeddings().weight
         padded.get_output_embeddings().weight[:vocab] = plain.get_output_embeddings().weight
-        padded.get_output_embeddings().weight[vocab:] = 0.5  # padding rows that would matter if kept
+        padded.get_output_embeddings().weight[vocab:] = (
+            0.5  # padding rows that would matter if kept
+        )
     batch = batch_of(tokenizer, make_datum(THREE_TURNS, vocab, 7))
     results = []
     for teacher in (plain, padded):
         teacher_out = teacher_pass(teacher, batch, keep_vocab=vocab, chunk_size=4)
         with torch.no_grad():
-            results.append((teacher_out, student_pass(student, model_parts(teacher)[1], batch, teacher_out)))
+            results.append(
+                (teacher_out, student_pass(student, model_parts(teacher)[1], batch, teacher_out))
+            )
     (plain_t, plain_s), (padded_t, padded_s) = results
     torch.testing.assert_close(padded_s.kl_B_T, plain_s.kl_B_T, atol=1e-6, rtol=0)
     torch.testing.assert_close(padded_t.logp_B_T, plain_t.logp_B_T, atol=1e-6, rtol=0)
@@ -201,10 +275,14 @@ def test_padded_teacher_vocab_is_truncated(tokenizer, student):
 
 def test_sequence_logprobs_all_tokens_matches_forward(tokenizer, student):
     vocab = len(tokenizer)
-    batch = batch_of(tokenizer, make_datum(THREE_TURNS, vocab, 8), make_datum(TWO_TURNS, vocab, 9, index=1))
+    batch = batch_of(
+        tokenizer, make_datum(THREE_TURNS, vocab, 8), make_datum(TWO_TURNS, vocab, 9, index=1)
+    )
     logp_B_T = sequence_logprobs(student, batch, which="all", chunk_size=4)
     with torch.no_grad():
-        logits = student(input_ids=batch["tokens_B_T"], attention_mask=batch["attention_mask_B_T"]).logits
+        logits = student(
+            input_ids=batch["tokens_B_T"], attention_mask=batch["attention_mask_B_T"]
+        ).logits
     ref = F.log_softmax(logits[:, :-1], -1).gather(2, batch["tokens_B_T"][:, 1:, None]).squeeze(2)
     ref = ref * batch["attention_mask_B_T"][:, 1:]
     torch.testing.assert_close(logp_B_T[:, 1:].detach(), ref, atol=1e-5, rtol=0)
@@ -217,5 +295,7 @@ def test_batch_without_response_tokens_scores_zero(tokenizer, teacher, student):
     batch = batch_of(tokenizer, make_datum([("prompt", 6)], len(tokenizer), 10))
     teacher_out = teacher_pass(teacher, batch, keep_vocab=len(tokenizer))
     out = student_pass(student, model_parts(teacher)[1], batch, teacher_out)
-    assert teacher_out.logp_N.shape == (0,) and torch.equal(out.token_loss_B_T.detach(), torch.zeros(1, 6))
+    assert teacher_out.logp_N.shape == (0,) and torch.equal(
+        out.token_loss_B_T.detach(), torch.zeros(1, 6)
+    )
     out.token_loss_B_T.sum().backward()  # a step with nothing to learn still runs

@@ -41,17 +41,26 @@ def test_loads_and_renders_the_chat_template(smol):
     model, tokenizer = smol
     assert model.dtype == torch.float32 and model.config.vocab_size == len(tokenizer) == 49152
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "go to fridge 1"}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "go to fridge 1"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>user\ngo to fridge 1<|im_end|>\n<|im_start|>assistant\n")
-    assert text.startswith("<|im_start|>system\n")  # SmolLM2's template adds its default system prompt
+    assert text.startswith(
+        "<|im_start|>system\n"
+    )  # SmolLM2's template adds its default system prompt
     assert tokenizer.eos_token == "<|im_end|>"
-    assert check_compatible(tokenizer, tokenizer, model.config.vocab_size, model.config.vocab_size) == 49152
+    assert (
+        check_compatible(tokenizer, tokenizer, model.config.vocab_size, model.config.vocab_size)
+        == 49152
+    )
 
 
 def test_converted_copy_gives_identical_logits(gguf, smol):
     model, tokenizer = smol
     direct = load_model(gguf.parent, device="cpu", gguf_file=gguf.name)  # dequantized in memory
-    ids = torch.tensor([tokenizer.encode("You arrive at countertop 1. On the countertop 1, you see a apple 1.")])
+    ids = torch.tensor(
+        [tokenizer.encode("You arrive at countertop 1. On the countertop 1, you see a apple 1.")]
+    )
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, direct(input_ids=ids).logits)
     assert (smollm2_path() / "model.safetensors").exists()
@@ -69,7 +78,9 @@ def test_lora_forward_backward(smol):
     }
     logp_B_T = sequence_logprobs(lora, batch, chunk_size=4)
     (-logp_B_T.sum()).backward()
-    grads = [p.grad for n, p in lora.named_parameters() if "lora_B" in n]  # lora_A gets 0 while B is 0
+    grads = [
+        p.grad for n, p in lora.named_parameters() if "lora_B" in n
+    ]  # lora_A gets 0 while B is 0
     assert grads and all(g is not None for g in grads)
     assert sum(g.abs().sum() for g in grads) > 0
     assert all(p.grad is None for n, p in lora.named_parameters() if "lora_" not in n)

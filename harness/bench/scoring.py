@@ -34,7 +34,9 @@ from harness.tiny import TEACHER_SPEC, TinyModelSpec, build_tiny_model, build_to
 STUDENT_ROWS, TEACHER_ROWS = 151_936, 152_064  # Qwen2.5-1.5B and -7B embedding rows
 
 
-def trajectory(rng: torch.Generator, vocab: int, turns: int, prompt: int, response: int, observation: int) -> Datum:
+def trajectory(
+    rng: torch.Generator, vocab: int, turns: int, prompt: int, response: int, observation: int
+) -> Datum:
     """A `full`-layout datum: prompt, then per turn a response and the next observation."""
     kinds = [0] * prompt
     turn_index = [-1] * prompt
@@ -51,7 +53,13 @@ def per_turn_data(datum: Datum, turns: int) -> list[list[Datum]]:
     for t in range(turns):
         end = max(i for i, u in enumerate(datum.turn_index) if u == t) + 1
         mask = [int(u == t) for u in datum.turn_index[:end]]
-        out.append([Datum(datum.token_ids[:end], mask, datum.turn_index[:end], datum.sample_logprobs[:end])])
+        out.append(
+            [
+                Datum(
+                    datum.token_ids[:end], mask, datum.turn_index[:end], datum.sample_logprobs[:end]
+                )
+            ]
+        )
     return out
 
 
@@ -82,12 +90,16 @@ def speed(args: argparse.Namespace) -> None:
             run()
             best = min(best, time.perf_counter() - start)
         times[name] = best
-    print(f"== teacher scoring speed: tiny teacher {TEACHER_SPEC.layers}x{TEACHER_SPEC.hidden}, vocab {vocab}, "
-          f"{args.batch} trajectories x {args.turns} turns, {full['tokens_B_T'].shape[1]} tokens each, "
-          f"{scored} response tokens, {torch.get_num_threads()} threads, best of {args.repeats} ==")
+    print(
+        f"== teacher scoring speed: tiny teacher {TEACHER_SPEC.layers}x{TEACHER_SPEC.hidden}, vocab {vocab}, "
+        f"{args.batch} trajectories x {args.turns} turns, {full['tokens_B_T'].shape[1]} tokens each, "
+        f"{scored} response tokens, {torch.get_num_threads()} threads, best of {args.repeats} =="
+    )
     for name, seconds in times.items():
         print(f"  {name:22s} {seconds:7.3f} s  {scored / seconds:9.0f} scored tokens/s")
-    print(f"  ratio one-pass / per-turn: {times['one forward per turn'] / times['full one-pass']:.2f}x (goal >= 3x)")
+    print(
+        f"  ratio one-pass / per-turn: {times['one forward per turn'] / times['full one-pass']:.2f}x (goal >= 3x)"
+    )
 
 
 def memory_child(variant: str, tokens: int, chunk_size: int, device: str) -> dict:
@@ -97,9 +109,16 @@ def memory_child(variant: str, tokens: int, chunk_size: int, device: str) -> dic
     student = build_tiny_model(spec, tokenizer, seed=0, vocab_size=STUDENT_ROWS).to(device)
     teacher = build_tiny_model(spec, tokenizer, seed=1, vocab_size=TEACHER_ROWS).to(device).eval()
     rows, per_row = 4, tokens // 4
-    datum = Datum(list(range(per_row + 1)), [0] + [1] * per_row, [-1] + [0] * per_row, [0.0] + [-1.0] * per_row)
+    datum = Datum(
+        list(range(per_row + 1)),
+        [0] + [1] * per_row,
+        [-1] + [0] * per_row,
+        [0.0] + [-1.0] * per_row,
+    )
     batch = collate([datum] * rows, tokenizer.pad_token_id)
-    batch["tokens_B_T"] = torch.randint(0, STUDENT_ROWS, batch["tokens_B_T"].shape, generator=torch.Generator().manual_seed(0))
+    batch["tokens_B_T"] = torch.randint(
+        0, STUDENT_ROWS, batch["tokens_B_T"].shape, generator=torch.Generator().manual_seed(0)
+    )
     gc.collect()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -114,14 +133,21 @@ def memory_child(variant: str, tokens: int, chunk_size: int, device: str) -> dic
         naive_kl_backward(student, teacher, batch)
     else:
         teacher_out = teacher_pass(teacher, batch, keep_vocab=STUDENT_ROWS, chunk_size=chunk_size)
-        out = student_pass(student, model_parts(teacher)[1], batch, teacher_out, chunk_size=chunk_size)
+        out = student_pass(
+            student, model_parts(teacher)[1], batch, teacher_out, chunk_size=chunk_size
+        )
         out.token_loss_B_T.sum().backward()
     if device == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = _proc_status()["VmHWM"] - base
-    return {"variant": variant, "peak_mib": peak / 2**20, "seconds": time.perf_counter() - start, "scored": rows * per_row}
+    return {
+        "variant": variant,
+        "peak_mib": peak / 2**20,
+        "seconds": time.perf_counter() - start,
+        "scored": rows * per_row,
+    }
 
 
 def naive_kl_backward(student, teacher, batch) -> None:
@@ -129,9 +155,13 @@ def naive_kl_backward(student, teacher, batch) -> None:
     device = next(student.parameters()).device
     tokens, attention = batch["tokens_B_T"].to(device), batch["attention_mask_B_T"].to(device)
     mask = batch["response_mask_B_T"][:, 1:].to(device) > 0
-    student_logp = torch.log_softmax(student(input_ids=tokens, attention_mask=attention).logits[:, :-1].float(), -1)
+    student_logp = torch.log_softmax(
+        student(input_ids=tokens, attention_mask=attention).logits[:, :-1].float(), -1
+    )
     with torch.no_grad():
-        teacher_logits = teacher(input_ids=tokens, attention_mask=attention).logits[:, :-1, :STUDENT_ROWS]
+        teacher_logits = teacher(input_ids=tokens, attention_mask=attention).logits[
+            :, :-1, :STUDENT_ROWS
+        ]
         teacher_logp = torch.log_softmax(teacher_logits.float(), -1)
         del teacher_logits
     kl = (student_logp.exp() * (student_logp - teacher_logp)).sum(-1)
@@ -140,7 +170,10 @@ def naive_kl_backward(student, teacher, batch) -> None:
 
 def _proc_status() -> dict[str, int]:
     text = open("/proc/self/status").read()
-    return {key: int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) * 1024 for key in ("VmRSS", "VmHWM")}
+    return {
+        key: int(re.search(rf"{key}:\s+(\d+) kB", text).group(1)) * 1024
+        for key in ("VmRSS", "VmHWM")
+    }
 
 
 def memory(args: argparse.Namespace) -> None:
@@ -152,27 +185,53 @@ def memory(args: argparse.Namespace) -> None:
             torch.cuda.empty_cache()
             continue
         # A fresh process per variant: peak RSS is per process and never goes back down.
-        command = [sys.executable, "-m", "harness.bench.scoring", "--memory-child", variant,
-                   "--tokens", str(args.tokens), "--chunk-size", str(args.chunk_size)]
+        command = [
+            sys.executable,
+            "-m",
+            "harness.bench.scoring",
+            "--memory-child",
+            variant,
+            "--tokens",
+            str(args.tokens),
+            "--chunk-size",
+            str(args.chunk_size),
+        ]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[variant] = json.loads(output.strip().splitlines()[-1])
     chunked, naive = results["chunked"], results["naive"]
-    print(f"== scoring memory: vocab {STUDENT_ROWS:,} (teacher {TEACHER_ROWS:,} rows, truncated), "
-          f"{chunked['scored']:,} response tokens, KL forward + backward, {args.device}, chunk {args.chunk_size} ==")
+    print(
+        f"== scoring memory: vocab {STUDENT_ROWS:,} (teacher {TEACHER_ROWS:,} rows, truncated), "
+        f"{chunked['scored']:,} response tokens, KL forward + backward, {args.device}, chunk {args.chunk_size} =="
+    )
     for r in (chunked, naive):
-        print(f"  {r['variant']:8s} peak {r['peak_mib']:9.0f} MiB above start, {r['seconds']:6.1f} s")
-    print(f"  ratio chunked / naive: {chunked['peak_mib'] / naive['peak_mib']:.3f}x (goal <= 0.35x)")
+        print(
+            f"  {r['variant']:8s} peak {r['peak_mib']:9.0f} MiB above start, {r['seconds']:6.1f} s"
+        )
+    print(
+        f"  ratio chunked / naive: {chunked['peak_mib'] / naive['peak_mib']:.3f}x (goal <= 0.35x)"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--part", choices=("speed", "memory", "all"), default="all")
     parser.add_argument("--batch", type=int, default=8, help="trajectories per batch (speed)")
     parser.add_argument("--turns", type=int, default=10, help="turns per trajectory (speed)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats, best kept (speed)")
-    parser.add_argument("--tokens", type=int, default=4096, help="response tokens scored (memory); naive needs ~4 GiB per 1k")
-    parser.add_argument("--chunk-size", type=int, default=512, help="positions per vocabulary chunk (memory)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the memory part runs")
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        default=4096,
+        help="response tokens scored (memory); naive needs ~4 GiB per 1k",
+    )
+    parser.add_argument(
+        "--chunk-size", type=int, default=512, help="positions per vocabulary chunk (memory)"
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where the memory part runs"
+    )
     parser.add_argument("--memory-child", choices=("chunked", "naive"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
