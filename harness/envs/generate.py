@@ -104,6 +104,7 @@ class _Slot:
     draw: scenes.GameDraw | None = None
     problem: str = ""
     walkthrough: list[str] | None = None
+    why_not: str = ""  # why the last draw failed verification
 
     @property
     def trial(self) -> str:
@@ -212,8 +213,8 @@ def _verify_all(slots: list[_Slot], pool) -> list[_Slot]:
     jobs = [(i, s.problem) for i, s in enumerate(slots)]
     results = pool.imap_unordered(_verify, jobs, chunksize=4) if pool else _verify_here(jobs)
     failed = []
-    for job_id, walkthrough, _reason in results:
-        slots[job_id].walkthrough = walkthrough
+    for job_id, walkthrough, why_not in results:
+        slots[job_id].walkthrough, slots[job_id].why_not = walkthrough, why_not
         if walkthrough is None:
             failed.append(slots[job_id])
     return sorted(failed, key=lambda s: (s.split, s.index))
@@ -234,6 +235,10 @@ def _generate_slots(spec: SuiteSpec, plan: list[tuple[str, int, list]], taken: s
         for slot in failed:
             rejected[slot.split] += 1
             slot.attempt += 1
+            if slot.attempt >= MAX_ATTEMPTS:
+                raise RuntimeError(f"{slot.split} game #{slot.index} ({slot.task_type}) failed verification "
+                                   f"{slot.attempt} times; last reason: {slot.why_not}. Is the alfworld/"
+                                   "textworld install complete (fast-downward built)?")
             _draw(spec, slot, rooms_of[slot.split], taken)
         pending = failed
     return {"slots": slots, "rejected": rejected}
