@@ -84,7 +84,9 @@ class TinyConfig:
     student_demos: int = 24
     sft_batch_size: int = 16
     sft_lr: float = 5e-4
-    judge_examples: int = 2000  # judge examples in the teacher's SFT data
+    judge_examples: int = 3000  # at most this many judge examples in the teacher's SFT data (0: no judge data)
+    judge_games: int = 80  # train games played with noise to make them
+    judge_heldout_games: int = 20  # the first train games, kept out, to report the judge's accuracy
 
 
 @dataclass

@@ -80,14 +80,15 @@ def collect_demos(suite_root: Path, path: Path, num_workers: int = 2) -> list[di
 
 
 def _build(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSettings,
-           extra_teacher_data, log) -> dict:
+           extra_teacher_data, extra_words: list[str], teacher_report, log) -> dict:
     started = time.perf_counter()
     demos = collect_demos(suite_root, out / "demos.jsonl")
     log(f"prepare: {len(demos)} exploring-expert demonstrations ({time.perf_counter() - started:.0f} s)")
     corpus = [e["task"] for e in demos] + [t["observation"] + " " + " ".join(t["admissible"]) + " " + t["feedback"]
                                            for e in demos for t in e["turns"]]
-    tokenizer = build_tokenizer(corpus, extra_words=["your", "task", "is", "to", "observation", "action",
-                                                     "admissible", "actions", "you", "have", "taken", "steps", "last"])
+    tokenizer = build_tokenizer(corpus, extra_words=list(extra_words) + [
+        "your", "task", "is", "to", "observation", "action", "admissible", "actions", "you", "have", "taken",
+        "steps", "last"])
     if len(demos) < 2:
         raise ValueError(f"only {len(demos)} won demonstrations in {suite_root}: the suite needs more train games")
     held = min(settings.heldout_demos, max(1, len(demos) // 5))
@@ -112,6 +113,9 @@ def _build(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSe
                                f"prepare: {role} sft step {r['step']}/{total} loss {r['loss']:.3f}"))
         accuracy = action_accuracy(model, heldout_data, tokenizer, tokenizer.pad_token_id)
         save_tiny(model, tokenizer, out / role, spec)
+        if role == "teacher" and teacher_report is not None:
+            report["teacher_judge"] = teacher_report(model, tokenizer)
+            log(f"prepare: teacher judge accuracy on held-out turns: {report['teacher_judge']}")
         report[role] = {"params": params, "sft_examples": len(data), "final_loss": losses[-1],
                         "heldout_action_accuracy": accuracy, "build_s": time.perf_counter() - t0}
         log(f"prepare: {role} ({params / 1e6:.2f}M params) built in {report[role]['build_s']:.0f} s; "
@@ -122,18 +126,21 @@ def _build(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSe
 
 def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = None,
                  prompt: PromptSettings | None = None, cache_root: str | os.PathLike | None = None,
-                 extra_teacher_data=None, extra_key: str = "", log=print) -> TinyPair:
+                 extra_teacher_data=None, extra_key: str = "", extra_words: tuple[str, ...] = (),
+                 teacher_report=None, log=print) -> TinyPair:
     """Build (or reuse) the tiny teacher/student pair for this suite; safe under concurrency.
 
     extra_teacher_data: optional callable (tokenizer, train_episodes) -> list[Datum] joined to the
-    teacher's SFT data (the judge examples); `extra_key` must name it for the cache key.
+    teacher's SFT data (the judge examples); `extra_key` must name it for the cache key;
+    `extra_words` join the tokenizer's vocabulary; `teacher_report(teacher, tokenizer) -> dict`
+    adds measurements of the trained teacher (the judge's held-out accuracy) to the report.
     """
     suite_root = Path(suite_root)
     settings, prompt = settings or TinySettings(), prompt or PromptSettings()
     from harness.models import cache_root as default_cache
 
     base = Path(cache_root) if cache_root else default_cache() / "tiny"
-    key = _cache_key(suite_root, settings, prompt, extra_key)
+    key = _cache_key(suite_root, settings, prompt, extra_key + "|" + ",".join(extra_words))
     final = base / key
     base.mkdir(parents=True, exist_ok=True)
     with open(base / f"{key}.lock", "w") as lock:
@@ -144,7 +151,8 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
             tmp.mkdir(parents=True)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(settings.seed)
-                report = _build(suite_root, tmp, settings, prompt, extra_teacher_data, log)
+                report = _build(suite_root, tmp, settings, prompt, extra_teacher_data, list(extra_words),
+                                teacher_report, log)
             (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)

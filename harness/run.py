@@ -11,7 +11,6 @@ import os
 import time
 import traceback
 from contextlib import contextmanager
-from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -86,14 +85,29 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
             teacher_sft=SFTSettings(steps=t.teacher_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr),
             student_sft=SFTSettings(steps=t.student_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr, warmup_steps=20),
             student_demos=t.student_demos, seed=0)
-        extra, extra_key = None, ""
+        extra, extra_key, words, report = None, "", (), None
         if t.judge_examples > 0:  # judge examples join the teacher's SFT data (cpu_benchmark.md)
-            from harness.judge_data import judge_sft_data
+            from harness.judge import judge_vocabulary
+            from harness.judge_data import (
+                JudgeDataSettings,
+                heldout_judge_examples,
+                judge_accuracy,
+                judge_data_key,
+                judge_teacher_data,
+            )
 
-            extra = partial(judge_sft_data, suite_root=root, settings=judge_settings(cfg), num_examples=t.judge_examples)
-            extra_key = f"judge-v1-{t.judge_examples}-{asdict(judge_settings(cfg))}"
+            js = judge_settings(cfg)
+            data = JudgeDataSettings(num_games=t.judge_games, heldout_games=t.judge_heldout_games,
+                                     max_examples=t.judge_examples)
+            extra = partial(judge_teacher_data, root, settings=js, data=data)
+            extra_key, words = judge_data_key(js, data), tuple(judge_vocabulary(js))
+
+            def report(teacher, tokenizer):
+                return judge_accuracy(teacher, tokenizer, heldout_judge_examples(root, tokenizer, js, data), js)
+
         pair = prepare_tiny(root, settings, prompt_settings(cfg), cache_root=cache_dir(cfg) / "tiny",
-                            extra_teacher_data=extra, extra_key=extra_key, log=log)
+                            extra_teacher_data=extra, extra_key=extra_key, extra_words=words,
+                            teacher_report=report, log=log)
         student_path, teacher_path = student_path or str(pair.student), teacher_path or str(pair.teacher)
         info["tiny_report"] = pair.report
     if not student_path or not teacher_path:
@@ -123,9 +137,10 @@ def make_judge(cfg):
     settings = judge_settings(cfg)
 
     def judge(teacher, tokenizer, trajectories):
-        probs_U_3, valid_U, keys = judge_turns(teacher, tokenizer, trajectories, settings,
-                                               batch_size=cfg.judge.batch_size)
-        return ({k: probs_U_3[i] for i, k in enumerate(keys)}, {k: bool(valid_U[i]) for i, k in enumerate(keys)})
+        result = judge_turns(teacher, tokenizer, trajectories, settings, batch_size=cfg.judge.batch_size)
+        keys = [tuple(k) for k in result.turn_keys]
+        return ({k: result.probs_U_3[i] for i, k in enumerate(keys)},
+                {k: bool(result.valid_U[i]) for i, k in enumerate(keys)})
 
     return judge
 
