@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from dataclasses import replace
 
 import pytest
 import torch
@@ -120,16 +121,21 @@ def test_greedy_batched_rollout_equals_each_env_alone(world, layout):
     tokenizer, model, pool = world["tokenizer"], world["model"], world["pool"]
     games = world["pick"] + world["others"][:3]
     settings = RolloutSettings(layout=layout, greedy=True, max_new_tokens=12)
-    batched = rollout(model, tokenizer, pool, games, settings, PROMPT)
     alone = [rollout(model, tokenizer, pool, [g], settings, PROMPT)[0] for g in games]
-    # the batch mixes 4- and 5-turn wins with 8-turn failures, so finished envs left it
-    assert sorted(t.num_turns for t in batched) == sorted([len(s) for s in world["steps"]] + [MAX_STEPS] * 3)
-    assert sum(t.invalid_actions for t in batched) > 0
-    for b, a in zip(batched, alone, strict=True):
-        assert _summary(b) == _summary(a)
-        for db, da in zip(b.data, a.data, strict=True):
-            torch.testing.assert_close(torch.tensor(db.sample_logprobs), torch.tensor(da.sample_logprobs),
-                                       rtol=0, atol=1e-5)
+    variants = {"one batch": settings, "groups of 2": replace(settings, max_batch_envs=2)}
+    if layout == "full":  # the key/value cache carried across turns must change nothing
+        variants["no cache reuse"] = replace(settings, reuse_cache=False)
+    for name, variant in variants.items():
+        batched = rollout(model, tokenizer, pool, games, variant, PROMPT)
+        # the batch mixes 4- and 5-turn wins with 8-turn failures, so finished envs left it
+        turns = sorted(t.num_turns for t in batched)
+        assert turns == sorted([len(s) for s in world["steps"]] + [MAX_STEPS] * 3), name
+        assert sum(t.invalid_actions for t in batched) > 0
+        for b, a in zip(batched, alone, strict=True):
+            assert _summary(b) == _summary(a), name
+            for db, da in zip(b.data, a.data, strict=True):
+                torch.testing.assert_close(torch.tensor(db.sample_logprobs), torch.tensor(da.sample_logprobs),
+                                           rtol=0, atol=1e-5, msg=name)
 
 
 def test_full_datum_masks_and_one_pass_scoring_match_sampling(world):

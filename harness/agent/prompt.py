@@ -28,6 +28,7 @@ THINK_ACTION_INSTRUCTION = (
 
 _ACTION_RE = re.compile(r"<action>(.*?)</action>", re.S | re.I)
 _WHITESPACE_RE = re.compile(r"\s+")
+_MARK_ASSISTANT, _MARK_USER = "@@assistant-marker@@", "@@user-marker@@"
 
 
 @dataclass(frozen=True)
@@ -160,3 +161,62 @@ def parse_action(response_text: str, admissible: list[str], settings: PromptSett
         return ParsedAction(response_text, parseable=False, admissible=False)
     allowed = {normalize_action(a) for a in admissible}
     return ParsedAction(action, parseable=True, admissible=action in allowed)
+
+
+class ChatTokens:
+    """The chat frame of one tokenizer, worked out once from its chat template.
+
+    `between_turns(user_message)` gives the ids that follow an assistant reply's end-of-turn
+    token: for ChatML "\\n<|im_start|>user\\n{content}<|im_end|>\\n<|im_start|>assistant\\n".
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        probe = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": _MARK_ASSISTANT}]
+        before = tokenizer.apply_chat_template(probe, tokenize=False)
+        after = tokenizer.apply_chat_template(probe + [{"role": "user", "content": _MARK_USER}],
+                                              tokenize=False, add_generation_prompt=True)
+        if not after.startswith(before) or _MARK_ASSISTANT not in before:
+            raise ValueError(
+                f"the chat template of {type(tokenizer).__name__} does not render a conversation as a prefix "
+                "of its continuation, so the `full` layout cannot extend turns token by token; use layout=window."
+            )
+        reply_tail = before[before.index(_MARK_ASSISTANT) + len(_MARK_ASSISTANT):]
+        self.end_of_turn = self._end_of_turn_token(reply_tail)
+        self.end_of_turn_id = tokenizer.convert_tokens_to_ids(self.end_of_turn)
+        between = reply_tail[len(self.end_of_turn):] + after[len(before):]
+        self._user_prefix, self._user_suffix = between.split(_MARK_USER)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_of_turn_id
+
+    def _end_of_turn_token(self, reply_tail: str) -> str:
+        candidates = [self.tokenizer.eos_token] + list(self.tokenizer.all_special_tokens)
+        for token in candidates:
+            if token and reply_tail.startswith(token):
+                return token
+        raise ValueError(
+            f"the chat template ends an assistant reply with {reply_tail[:20]!r}, which starts with no special "
+            "token of the tokenizer; generation could not stop at the end of a turn."
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, messages: list[dict[str, str]]) -> tuple[list[int], str]:
+        """A fresh chat with the assistant header appended: (ids, text)."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.encode(text), text
+
+    def between_turns(self, user_message: dict[str, str]) -> list[int]:
+        """Ids from after an assistant's end-of-turn token to the next assistant header."""
+        return self.encode(self._user_prefix + user_message["content"] + self._user_suffix)
+
+
+_CHAT_TOKENS: dict[int, ChatTokens] = {}
+
+
+def chat_tokens(tokenizer) -> ChatTokens:
+    """The cached `ChatTokens` of this tokenizer object."""
+    cached = _CHAT_TOKENS.get(id(tokenizer))
+    if cached is None or cached.tokenizer is not tokenizer:
+        cached = _CHAT_TOKENS[id(tokenizer)] = ChatTokens(tokenizer)
+    return cached

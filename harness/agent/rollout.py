@@ -22,9 +22,12 @@ from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig
+from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from harness.agent.prompt import (
+    ChatTokens,
     PromptSettings,
+    chat_tokens,
     format_response,
     normalize_action,
     parse_action,
@@ -38,7 +41,6 @@ from harness.envs.games import GameInfo
 from harness.envs.pool import EnvPool
 
 LAYOUTS = ("full", "window")
-_MARK_ASSISTANT, _MARK_USER = "@@assistant-marker@@", "@@user-marker@@"
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,11 @@ class RolloutSettings:
     max_turns: int | None = None
     """Turns per episode; None = until the pool ends the episode (its step cap)."""
     max_batch_envs: int | None = None
-    """Envs per generate call; None = all running envs in one call. `output_logits` keeps
-    B x new tokens x vocab floats, so large vocabularies may need smaller calls."""
+    """Envs per generate call (fixed groups); None = all running envs in one call.
+    `output_logits` keeps B x new tokens x vocab floats: large vocabularies may need smaller calls."""
+    reuse_cache: bool = True
+    """Layout `full`: keep each group's key/value cache across turns, so a turn prefills only
+    its new tokens. Off: every turn prefills its whole context (slower, same tokens)."""
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -74,65 +79,6 @@ class RolloutSettings:
             raise ValueError(f"max_turns must be >= 1 or None, not {self.max_turns}")
         if self.max_batch_envs is not None and self.max_batch_envs < 1:
             raise ValueError(f"max_batch_envs must be >= 1 or None, not {self.max_batch_envs}")
-
-
-class ChatTokens:
-    """The chat frame of one tokenizer, worked out once from its chat template.
-
-    `between_turns(user_message)` gives the ids that follow an assistant reply's end-of-turn
-    token: for ChatML "\\n<|im_start|>user\\n{content}<|im_end|>\\n<|im_start|>assistant\\n".
-    """
-
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
-        probe = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": _MARK_ASSISTANT}]
-        before = tokenizer.apply_chat_template(probe, tokenize=False)
-        after = tokenizer.apply_chat_template(probe + [{"role": "user", "content": _MARK_USER}],
-                                              tokenize=False, add_generation_prompt=True)
-        if not after.startswith(before) or _MARK_ASSISTANT not in before:
-            raise ValueError(
-                f"the chat template of {type(tokenizer).__name__} does not render a conversation as a prefix "
-                "of its continuation, so the `full` layout cannot extend turns token by token; use layout=window."
-            )
-        reply_tail = before[before.index(_MARK_ASSISTANT) + len(_MARK_ASSISTANT):]
-        self.end_of_turn = self._end_of_turn_token(reply_tail)
-        self.end_of_turn_id = tokenizer.convert_tokens_to_ids(self.end_of_turn)
-        between = reply_tail[len(self.end_of_turn):] + after[len(before):]
-        self._user_prefix, self._user_suffix = between.split(_MARK_USER)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.end_of_turn_id
-
-    def _end_of_turn_token(self, reply_tail: str) -> str:
-        candidates = [self.tokenizer.eos_token] + list(self.tokenizer.all_special_tokens)
-        for token in candidates:
-            if token and reply_tail.startswith(token):
-                return token
-        raise ValueError(
-            f"the chat template ends an assistant reply with {reply_tail[:20]!r}, which starts with no special "
-            "token of the tokenizer; generation could not stop at the end of a turn."
-        )
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    def prompt_ids(self, messages: list[dict[str, str]]) -> tuple[list[int], str]:
-        """A fresh chat with the assistant header appended: (ids, text)."""
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.encode(text), text
-
-    def between_turns(self, user_message: dict[str, str]) -> list[int]:
-        """Ids from after an assistant's end-of-turn token to the next assistant header."""
-        return self.encode(self._user_prefix + user_message["content"] + self._user_suffix)
-
-
-_CHAT_TOKENS: dict[int, ChatTokens] = {}
-
-
-def chat_tokens(tokenizer) -> ChatTokens:
-    """The cached `ChatTokens` of this tokenizer object."""
-    cached = _CHAT_TOKENS.get(id(tokenizer))
-    if cached is None or cached.tokenizer is not tokenizer:
-        cached = _CHAT_TOKENS[id(tokenizer)] = ChatTokens(tokenizer)
-    return cached
 
 
 def stop_token_ids(model, chat: ChatTokens) -> list[int]:
@@ -160,33 +106,78 @@ def generation_config(settings: RolloutSettings, stop_ids: list[int], pad_id: in
     return config
 
 
-@torch.no_grad()
-def generate_batch(model, contexts: list[list[int]], config: GenerationConfig, stop_ids: list[int],
-                   pad_id: int) -> list[tuple[list[int], list[float]]]:
-    """One left-padded `generate` over `contexts`: per context (sampled ids, their log-probs).
+# transformers renamed generate's `past_key_values` to `cache` during 5.x (output field too).
+_CACHE_KEY = "cache" if "cache" in getattr(GenerateDecoderOnlyOutput, "__dataclass_fields__", {}) else "past_key_values"
 
-    The ids run up to and including the first stop token; the log-probs are
-    log_softmax(raw logits) of the sampled ids (temperature 1, no filtering).
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-aligned ids and attention mask, (B, width)."""
+    width = max(len(r) for r in rows)
+    ids_B_T = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_B_T = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        if row:
+            ids_B_T[b, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            attention_B_T[b, width - len(row):] = 1
+    return ids_B_T, attention_B_T
+
+
+class EnvBatch:
+    """A fixed group of envs that generate together, one `generate` call per turn.
+
+    With `keep_cache` (layout `full`) it keeps the key/value cache of the group's contexts
+    between turns, so a turn feeds only the tokens added since the last one (the end of the
+    last reply and the new user turn) instead of the whole history: the prefill cost stops
+    growing with the turn number. Shorter feeds are left-padded and finished replies padded,
+    so the cached sequence has masked holes; position ids come from the attention mask
+    (cumsum), so every real token sits at its position in the Datum, as scoring sees it.
     """
-    width = max(len(c) for c in contexts)
-    device = model.device
-    ids_B_T = torch.full((len(contexts), width), pad_id, dtype=torch.long)
-    attention_B_T = torch.zeros((len(contexts), width), dtype=torch.long)
-    for b, context in enumerate(contexts):
-        ids_B_T[b, width - len(context):] = torch.tensor(context, dtype=torch.long)
-        attention_B_T[b, width - len(context):] = 1
-    out = model.generate(input_ids=ids_B_T.to(device), attention_mask=attention_B_T.to(device),
-                         generation_config=config)
-    new_B_N = out.sequences[:, width:]
-    logp_B_N = torch.stack(
-        [torch.log_softmax(logits_B_V.float(), dim=-1).gather(1, new_B_N[:, k:k + 1]).squeeze(1)
-         for k, logits_B_V in enumerate(out.logits)], dim=1)
-    results = []
-    stops = set(stop_ids)
-    for new_ids, logps in zip(new_B_N.tolist(), logp_B_N.tolist(), strict=True):
-        length = next((k + 1 for k, token in enumerate(new_ids) if token in stops), len(new_ids))
-        results.append((new_ids[:length], logps[:length]))
-    return results
+
+    def __init__(self, model, config: GenerationConfig, stop_ids: list[int], pad_id: int, keep_cache: bool) -> None:
+        self.model, self.config, self.stop_ids, self.pad_id = model, config, set(stop_ids), pad_id
+        self.keep_cache = keep_cache
+        self.rows: list[int] = []  # env index of each cache row
+        self.ids_B_L: torch.Tensor | None = None
+        self.mask_B_L: torch.Tensor | None = None
+        self.cache = None
+
+    @torch.no_grad()
+    def generate(self, feeds: dict[int, list[int]]) -> dict[int, tuple[list[int], list[float]]]:
+        """feeds[env] = its tokens not fed yet (its whole context without a cache) ->
+        (sampled ids up to and including the first stop token, their log-probs)."""
+        rows = sorted(feeds)
+        device = self.model.device
+        new_ids_B_S, new_mask_B_S = (t.to(device) for t in _left_pad([feeds[r] for r in rows], self.pad_id))
+        if self.keep_cache and self.cache is not None:
+            if rows != self.rows:  # finished envs leave the batch
+                keep = torch.tensor([self.rows.index(r) for r in rows], device=device)
+                self.cache.batch_select_indices(keep)
+                self.ids_B_L, self.mask_B_L = self.ids_B_L[keep], self.mask_B_L[keep]
+            ids_B_T = torch.cat([self.ids_B_L, new_ids_B_S], dim=1)
+            mask_B_T = torch.cat([self.mask_B_L, new_mask_B_S], dim=1)
+            out = self.model.generate(input_ids=ids_B_T, attention_mask=mask_B_T, generation_config=self.config,
+                                      **{_CACHE_KEY: self.cache})
+        else:
+            ids_B_T, mask_B_T = new_ids_B_S, new_mask_B_S
+            out = self.model.generate(input_ids=ids_B_T, attention_mask=mask_B_T, generation_config=self.config)
+        width = ids_B_T.shape[1]
+        new_B_N = out.sequences[:, width:]
+        logp_B_N = torch.stack(
+            [torch.log_softmax(logits_B_V.float(), dim=-1).gather(1, new_B_N[:, k:k + 1]).squeeze(1)
+             for k, logits_B_V in enumerate(out.logits)], dim=1)
+        results, lengths = {}, []
+        for row, new_ids, logps in zip(rows, new_B_N.tolist(), logp_B_N.tolist(), strict=True):
+            length = next((k + 1 for k, token in enumerate(new_ids) if token in self.stop_ids), len(new_ids))
+            results[row] = (new_ids[:length], logps[:length])
+            lengths.append(length)
+        if self.keep_cache:
+            # generate pads a finished reply and attends to the pads; later turns must not
+            reply_mask_B_N = (torch.arange(new_B_N.shape[1], device=device)[None, :]
+                              < torch.tensor(lengths, device=device)[:, None]).long()
+            self.rows, self.ids_B_L = rows, out.sequences
+            self.mask_B_L = torch.cat([mask_B_T, reply_mask_B_N], dim=1)
+            self.cache = getattr(out, _CACHE_KEY)
+        return results
 
 
 @dataclass
@@ -201,6 +192,7 @@ class _Episode:
     response_mask: list[int]
     turn_index: list[int]
     sample_logprobs: list[float]
+    fed: int = 0  # tokens of this episode already in its batch's key/value cache
 
     def extend(self, ids: list[int], logps: list[float] | None = None, turn: int = -1) -> None:
         self.token_ids += ids
@@ -247,6 +239,10 @@ def rollout(model, tokenizer, pool: EnvPool, games: list[GameInfo], settings: Ro
                  [], [], [], [], [])
         for g, s in zip(games, states, strict=True)
     ]
+    size = settings.max_batch_envs or max(1, len(games))
+    keep_cache = settings.layout == "full" and settings.reuse_cache
+    batches = [(range(k, min(k + size, len(games))), EnvBatch(model, config, stop_ids, chat.pad_id, keep_cache))
+               for k in range(0, len(games), size)]
     was_training = model.training
     model.eval()  # no dropout (LoRA dropout included) while sampling
     cuda = model.device.type == "cuda"
@@ -260,36 +256,35 @@ def rollout(model, tokenizer, pool: EnvPool, games: list[GameInfo], settings: Ro
                 if not running:
                     break
                 started = time.perf_counter()
-                contexts, prompt_texts = [], []
+                contexts, prompt_texts = {}, {}
                 for i in running:
-                    context, text = _next_context(episodes[i], chat, prompt_settings, settings.layout, turn)
-                    _check_length(context, settings, limit, games[i].gamefile)
-                    contexts.append(context)
-                    prompt_texts.append(text)
+                    contexts[i], prompt_texts[i] = _next_context(episodes[i], chat, prompt_settings, settings.layout, turn)
+                    _check_length(contexts[i], settings, limit, games[i].gamefile)
                 clock["prompt"] += time.perf_counter() - started
 
                 started = time.perf_counter()
-                step = settings.max_batch_envs or len(running)
-                sampled = []
-                for k in range(0, len(running), step):
-                    sampled += generate_batch(model, contexts[k:k + step], config, stop_ids, chat.pad_id)
+                sampled: dict[int, tuple[list[int], list[float]]] = {}
+                for members, batch in batches:
+                    feeds = {i: contexts[i][episodes[i].fed if keep_cache else 0:] for i in members if i in contexts}
+                    if feeds:
+                        sampled.update(batch.generate(feeds))
                 clock["generate"] += time.perf_counter() - started
 
                 actions: list[str | None] = [None] * len(states)
                 parsed = {}
-                for i, (ids, _) in zip(running, sampled, strict=True):
-                    text = tokenizer.decode(ids, skip_special_tokens=True)
+                for i in running:
+                    text = tokenizer.decode(sampled[i][0], skip_special_tokens=True)
                     parsed[i] = (text, parse_action(text, episodes[i].admissible, prompt_settings))
                     actions[i] = parsed[i][1].action
                 started = time.perf_counter()
                 states = pool.step(actions)
                 clock["env"] += time.perf_counter() - started
 
-                for k, i in enumerate(running):
-                    ids, logps = sampled[k]
-                    text, action = parsed[i]
-                    _record_turn(episodes[i], states[i], ids, logps, text, action, prompt_texts[k], turn,
-                                 settings.layout, contexts[k], i)
+                for i in running:
+                    ids, logps = sampled[i]
+                    _record_turn(episodes[i], states[i], ids, logps, *parsed[i], prompt_texts[i], turn,
+                                 settings.layout, contexts[i], i)
+                    episodes[i].fed = len(contexts[i]) + len(ids)
                 turn += 1
     finally:
         model.train(was_training)
