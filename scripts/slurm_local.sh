@@ -94,12 +94,14 @@ pid_alive() {
   [[ $(cat "/proc/$pid/comm") == "$2" ]]
 }
 
-# wait_for SECONDS WHAT CMD...: poll CMD every 0.2 s until it succeeds or time runs out.
+# wait_for SECONDS WHAT PID CMD...: poll CMD every 0.2 s until it succeeds or time runs out;
+# give up at once if PID (when not empty) has exited.
 wait_for() {
-  local secs=$1 what=$2 i
-  shift 2
+  local secs=$1 what=$2 pid=$3 i
+  shift 3
   for ((i = 0; i < secs * 5; i++)); do
     "$@" >/dev/null 2>&1 && return 0
+    [[ -z $pid || -d /proc/$pid ]] || fail "$what exited during start-up"
     sleep 0.2
   done
   fail "$what did not come up within ${secs} s"
@@ -109,7 +111,7 @@ fail() {
   echo "slurm_local: ERROR: $*" >&2
   local f
   for f in "$LOG"/*.log; do
-    [[ -s $f ]] || continue
+    [[ -s $f && $f != */mariadb-install.log ]] || continue
     echo "----- last lines of $f -----" >&2
     tail -n 15 "$f" >&2
   done
@@ -249,7 +251,7 @@ start_munge() {
   rm -f /run/munge/munge.socket.2 "$MUNGE_PID" # stale socket from an unclean stop
   runuser -u munge -- /usr/sbin/munged 9>&- || fail "munged failed to start (see /var/log/munge/munged.log)"
   ln -sfn "$MUNGE_PID" "$RUN/munged.pid"
-  wait_for 10 munged bash -c 'munge -n | unmunge'
+  wait_for 10 munged '' bash -c 'munge -n | unmunge'
 }
 
 start_mariadb() {
@@ -270,7 +272,7 @@ start_mariadb() {
     --pid-file="$DB_RUN/mariadbd.pid" --log-error="$LOG/mariadbd.log" \
     --innodb-buffer-pool-size=128M --innodb-lock-wait-timeout=900 \
     </dev/null >>"$LOG/mariadbd.log" 2>&1 9>&- &
-  wait_for 30 mariadbd mariadb-admin --no-defaults --socket="$DB_SOCK" -u root ping
+  wait_for 30 mariadbd $! mariadb-admin --no-defaults --socket="$DB_SOCK" -u root ping
   ln -sfn "$DB_RUN/mariadbd.pid" "$RUN/mariadbd.pid"
   local pw
   pw=$(cat "$ETC/db.pass")
@@ -286,7 +288,7 @@ EOF
 start_slurmdbd() {
   pid_alive "$RUN/slurmdbd.pid" slurmdbd && return 0
   slurmdbd 9>&- || fail "slurmdbd failed to start"
-  wait_for 30 slurmdbd sacctmgr -n show cluster
+  wait_for 30 slurmdbd '' sacctmgr -n show cluster
 }
 
 # ensure_assoc: cluster, account and user rows, so that sacct/sreport have owners for jobs.
@@ -307,7 +309,7 @@ ensure_assoc() {
 start_slurmctld() {
   pid_alive "$RUN/slurmctld.pid" slurmctld && return 0
   slurmctld -f "$CONF" 9>&- || fail "slurmctld failed to start"
-  wait_for 30 slurmctld scontrol ping
+  wait_for 30 slurmctld '' scontrol ping
 }
 
 start_slurmd() {

@@ -21,6 +21,8 @@ from slurm_fixtures import (  # noqa: F401  (slurm_cluster_fixture registers a f
 )
 
 pytestmark = pytest.mark.slurm
+# Timeouts below are generous on purpose: other tests' jobs (e.g. a Hydra sweep) may hold the
+# node's CPUs first. When the node is free this file takes about 30 s.
 
 # Long enough that a job requeued at step 3 is still running when Slurm kills it: submitit
 # ignores SIGTERM, so it runs on for KillWait (3 s) + 2 s before SIGKILL.
@@ -65,12 +67,12 @@ def test_submit_and_job_array(slurm_cluster: SlurmCluster, tmp_path: Path) -> No
     job = executor.submit(affine_in_job, 5)
     array = executor.map_array(affine_in_job, [1, 2, 3])
 
-    out = wait_result(job, 60)
+    out = wait_result(job, 180)
     assert out["value"] == 16
     assert out["job_id"] == job.job_id and out["array_task"] is None
     assert out["cpus"] == "1"
 
-    outs = [wait_result(j, 60) for j in array]
+    outs = [wait_result(j, 180) for j in array]
     assert [o["value"] for o in outs] == [4, 7, 10]
     assert [o["array_task"] for o in outs] == ["0", "1", "2"]
     assert {j.job_id.split("_")[0] for j in array} == {array[0].job_id.split("_")[0]}
@@ -98,7 +100,7 @@ def test_requeued_jobs_resume_from_their_progress(
     interrupted_at = {}
     for how, (job, progress) in runs.items():
         at = wait_for(
-            lambda p=progress: (s := read_json(p)) and s["step"] >= 3 and s, 60, f"{how}: 3 steps"
+            lambda p=progress: (s := read_json(p)) and s["step"] >= 3 and s, 180, f"{how}: 3 steps"
         )
         assert at["starts"] == [0], f"{how}: restarted before it was interrupted"
         if how == "scontrol":
@@ -109,7 +111,7 @@ def test_requeued_jobs_resume_from_their_progress(
         interrupted_at[how] = at["step"]
 
     for how, (job, progress) in runs.items():
-        total = wait_result(job, 120)
+        total = wait_result(job, 240)
         # Slurm's records: one run ended by the requeue, one that completed.
         states = wait_for(
             lambda j=job: (s := sacct_states(j.job_id)) and s[-1] == "COMPLETED" and s,
