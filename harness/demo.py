@@ -1,0 +1,34 @@
+"""The README's main job: a 3-method sweep on the embedded default, then the paper table.
+
+    python -m harness.demo [extra Hydra overrides]
+runs `python -m harness -m experiment=demo method=sage,opd,no_conf` into multirun/demo/<time>/
+and prints the main table of `python -m analysis` on it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    extra = list(sys.argv[1:] if argv is None else argv)
+    sweep_dir = REPO / "multirun" / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    command = [sys.executable, "-m", "harness", "-m", "experiment=demo", "method=sage,opd,no_conf",
+               f"hydra.sweep.dir={sweep_dir}", *extra]
+    print("$", " ".join(command), flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO)
+    print(f"sweep finished in {time.perf_counter() - started:.0f} s (exit code {done.returncode})", flush=True)
+    from analysis import summarize
+
+    print(summarize([sweep_dir]))
+    return done.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
