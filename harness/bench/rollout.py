@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 
@@ -78,6 +79,8 @@ def main() -> None:
         rollout(model, tokenizer, pool, games, RolloutSettings(greedy=True, max_new_tokens=2, max_turns=1), prompt)
 
         batched, batched_s, batched_t = _timed(model, tokenizer, pool, [games], settings, prompt)
+        if args.layout == "full":
+            no_reuse = _timed(model, tokenizer, pool, [games], replace(settings, reuse_cache=False), prompt)
         single_games = games[: args.single_envs]
         single, single_s, single_t = _timed(model, tokenizer, pool, [[g] for g in single_games], settings, prompt)
 
@@ -92,8 +95,10 @@ def main() -> None:
 
     print()
     fast = report(f"batched ({args.envs} envs)", batched, batched_s, batched_t, args.envs)
+    if args.layout == "full":
+        report("  same, no KV cache reuse", *no_reuse, args.envs)
     slow = report(f"one env at a time ({len(single_games)})", single, single_s, single_t, len(single_games))
-    same = all([x.action for x in a.turns] == [x.action for x in b.turns] for a, b in zip(batched, single))
+    same = all([x.action for x in a.turns] == [x.action for x in b.turns] for a, b in zip(batched, single, strict=False))
     print(f"\nratio batched / one at a time: {fast[0] / slow[0]:.2f}x env-steps/s "
           f"(model side alone: {slow[1] / fast[1]:.1f}x less generate time per env-step; "
           f"env side: {slow[2] / fast[2]:.1f}x)")
