@@ -156,6 +156,10 @@ def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config = to_plain(cfg)
+    finished = _finished(run_dir, config)
+    if finished is not None:  # a requeued or repeated job: the result stands, nothing is redone
+        log(f"{run_dir} already holds a complete result; not redoing it")
+        return finished
     write_json(run_dir / "config.json", config)
     torch.manual_seed(cfg.seed)
     suite_hash = None
@@ -199,6 +203,19 @@ def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
                      versions_=versions(suite_hash), evaluation=None, wall_time_s=time.perf_counter() - started,
                      error=f"{type(err).__name__}: {err}", extra={"traceback": traceback.format_exc()})
         raise
+
+
+def _finished(run_dir: Path, config: dict) -> dict | None:
+    """The complete result of this very config in run_dir, if there is one."""
+    path = run_dir / "result.json"
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    same = record.get("config") == json.loads(json.dumps(config, default=str))
+    return record if record.get("status") == "complete" and same else None
 
 
 def _method_knobs(cfg) -> dict:
