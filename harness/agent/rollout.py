@@ -13,6 +13,10 @@ never re-tokenized) and its training data:
 temperature 1 with no top-p/top-k, computed from `output_logits` (logits before any logits
 processor). That is exactly what scoring recomputes from a forward pass, whatever
 temperature/top-p the tokens were sampled with.
+
+`Turn.prompt_text` is the chat text of the turn's prompt (`window`) or the turn's new user
+message (`full`; the whole context is the Datum prefix). Evaluation uses the same `rollout`
+with `RolloutSettings(greedy=True)` or an eval temperature.
 """
 
 from __future__ import annotations
