@@ -15,56 +15,18 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.agent.prompt import (
-    PromptSettings,
-    format_response,
-    render_first_user_message,
-    render_next_user_message,
-    render_window_messages,
-    system_messages,
-)
-from harness.agent.rollout import chat_tokens
+from harness.agent.prompt import PromptSettings
+from harness.agent.rollout import chat_tokens, episode_data
 from harness.agent.trajectory import Datum, collate
 
 
-def _reply_ids(chat, action: str, settings: PromptSettings) -> list[int]:
-    return chat.encode(format_response(action, settings)) + [chat.end_of_turn_id]
-
-
 def demo_data(episodes: list[dict], tokenizer, settings: PromptSettings, layout: str = "window") -> list[Datum]:
-    """Demonstration episodes (JSONL records of harness.envs.demos) -> SFT data.
-
-    window: one Datum per turn; full: one Datum per episode, turns chained like the rollout.
-    """
-    chat = chat_tokens(tokenizer)
+    """Demonstration episodes (JSONL records of harness.envs.demos) -> SFT data in exactly the
+    token layout of a rollout (window: one Datum per turn; full: one per episode)."""
     data: list[Datum] = []
     for index, episode in enumerate(episodes):
-        task, turns = episode["task"], episode["turns"]
-        if layout == "window":
-            for t, turn in enumerate(turns):
-                history = [(u["observation"], u["action"]) for u in turns[:t]]
-                messages = render_window_messages(task, history, turn["observation"], turn["admissible"], settings)
-                prompt, _ = chat.prompt_ids(messages)
-                reply = _reply_ids(chat, turn["action"], settings)
-                data.append(Datum(prompt + reply, [0] * len(prompt) + [1] * len(reply),
-                                  [-1] * len(prompt) + [t] * len(reply), [0.0] * (len(prompt) + len(reply)), index))
-        elif layout == "full":
-            ids, mask, turn_index, logps = [], [], [], []
-            for t, turn in enumerate(turns):
-                if t == 0:
-                    first = render_first_user_message(task, turn["observation"], turn["admissible"], settings)
-                    prompt, _ = chat.prompt_ids(system_messages(settings) + [first])
-                else:
-                    prompt = chat.between_turns(render_next_user_message(task, turn["observation"], turn["admissible"], settings))
-                reply = _reply_ids(chat, turn["action"], settings)
-                ids += prompt + reply
-                mask += [0] * len(prompt) + [1] * len(reply)
-                turn_index += [-1] * len(prompt) + [t] * len(reply)
-                logps += [0.0] * (len(prompt) + len(reply))
-            if ids:
-                data.append(Datum(ids, mask, turn_index, logps, index))
-        else:
-            raise ValueError(f"layout must be 'window' or 'full', not {layout!r}")
+        steps = [(t["observation"], t["admissible"], t["action"]) for t in episode["turns"]]
+        data += episode_data(tokenizer, episode["task"], steps, layout, settings, trajectory_index=index)
     return data
 
 

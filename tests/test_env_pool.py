@@ -153,3 +153,15 @@ def test_explorer_follows_visible_order_without_hidden_knowledge():
     assert expert.act("", ["go to fridge 1", "go to cabinet 1"]) == "go to fridge 1"
     assert expert.act("The fridge 1 is closed.", ["open fridge 1", "go to cabinet 1"]) == "open fridge 1"
     assert expert.act("", ["close fridge 1", "move mug 2 to fridge 1"]) == "move mug 2 to fridge 1"
+
+
+def test_same_game_in_two_slots_of_one_worker_does_not_share_state(seen_games):
+    game = seen_games[0]
+    with EnvPool(num_workers=1, max_steps=30) as pool:
+        episodes = play_experts(pool, [game])
+        script = [t["action"] for t in episodes[0]["turns"]]
+        idle = ["inventory"] + ["look"] * (len(script) - 1)
+        twice = _play(pool, [game, game], [script, idle])
+        alone = _play(pool, [game], [script])[0]
+    assert twice[0] == alone and twice[0][-1][3]  # the expert still wins in slot 0
+    assert len(twice[1]) == len(script) + 1 and not any(step[3] for step in twice[1])

@@ -34,8 +34,8 @@ def _state_dict(state, done: bool, with_plan: bool) -> dict:
 
 def worker_main(conn, with_plan: bool, cache_size: int) -> None:
     """Serve ("reset", [(slot, gamefile)]), ("step", [(slot, action)]), ("close", [])."""
-    envs: OrderedDict[str, object] = OrderedDict()  # gamefile -> env (LRU)
-    active: dict[int, object] = {}  # slot -> env
+    idle: OrderedDict[tuple[str, int], object] = OrderedDict()  # (gamefile, copy) -> env, LRU
+    active: dict[int, tuple[tuple[str, int], object]] = {}  # slot -> (key, env)
     real_argv, real_stdout = list(sys.argv), sys.stdout
     while True:
         try:
@@ -44,20 +44,30 @@ def worker_main(conn, with_plan: bool, cache_size: int) -> None:
             return
         if command == "close":
             return
+        if command == "reset":
+            # A slot gets its own engine: two slots playing the same game file never share one.
+            for slot, _ in items:
+                if slot in active:
+                    key, env = active.pop(slot)
+                    idle[key] = env
         results = []
         for slot, arg in items:
             try:
                 if command == "reset":
-                    env = envs.pop(arg, None) or _make_env(arg, with_plan)
-                    envs[arg] = env
-                    while len(envs) > cache_size:
-                        _, old = envs.popitem(last=False)
+                    key = next((k for k in idle if k[0] == arg), None)
+                    if key is None:
+                        copies = {k[1] for k in idle if k[0] == arg} | {k[1] for k, _ in active.values() if k[0] == arg}
+                        key, env = (arg, max(copies, default=-1) + 1), _make_env(arg, with_plan)
+                    else:
+                        env = idle.pop(key)
+                    while len(idle) > cache_size:
+                        _, old = idle.popitem(last=False)
                         old.close()
                     state = env.reset()
-                    active[slot] = env
+                    active[slot] = (key, env)
                     results.append(_state_dict(state, False, with_plan))
                 else:
-                    state, _reward, done = active[slot].step(arg)
+                    state, _reward, done = active[slot][1].step(arg)
                     results.append(_state_dict(state, done, with_plan))
             except Exception as err:  # reported per env; the worker goes on
                 detail = traceback.format_exception_only(type(err), err)[-1].strip()
