@@ -33,7 +33,7 @@ from harness.tiny import (
     save_tiny,
 )
 
-PREPARE_VERSION = "1"
+PREPARE_VERSION = "2"  # 2: explorer restarts a search from where it stands
 
 
 @dataclass

@@ -82,7 +82,7 @@ class ExploringExpert:
             if kind_of(obj) == self.target and obj not in self.placed:
                 self.holding = obj
                 self.phase = "tool" if self.task_type in _TOOLS else "lamp" if self.lamp and not self.parent else "place"
-                self.visited.clear()
+                self._restart_search()
         elif command.startswith(("clean ", "heat ", "cool ")) and self.phase == "tool":
             if command.split(" ", 1)[1].startswith(f"{self.holding} with "):
                 self.phase = "place"
@@ -90,7 +90,11 @@ class ExploringExpert:
             self.placed.add(self.holding)
             self.holding = ""
             self.phase = "find" if len(self.placed) < self._needed() else "done"
-            self.visited.clear()
+            self._restart_search()
+
+    def _restart_search(self) -> None:
+        # A new search starts where the agent stands: that place has just been seen.
+        self.visited = {self.location} if self.location else set()
 
     def _needed(self) -> int:
         return 2 if self.task_type == "pick_two_obj_and_place" else 1
