@@ -38,4 +38,7 @@ else
   pip install -q -e .
 fi
 echo "$HASH" > "$STAMP"
-echo "setup: $(python -c 'import torch,transformers,alfworld;print("torch",torch.__version__,"transformers",transformers.__version__,"alfworld",alfworld.__version__)' 2>/dev/null)"
+python - <<'PY'
+from importlib.metadata import version
+print("setup: " + ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "peft", "alfworld", "hydra-core")))
+PY
