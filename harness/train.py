@@ -122,6 +122,12 @@ def train_step(step: int, cfg, models: Models, method: Method, games: list[GameI
         invalid = sum(t.invalid_actions for t in trajectories) / turns
         repeated = sum(t.repeated_actions for t in trajectories) / turns
     times["rollout"] = time.perf_counter() - started
+    if not data:
+        # Every episode failed outside the game (env workers died): stepping AdamW on an empty
+        # batch would still move the weights and the schedule. Stop instead; a rerun resumes.
+        reasons = sorted({t.failed for t in trajectories or [] if t.failed})
+        raise RuntimeError(f"step {step}: no training data, every episode failed ({reasons[:3]}); "
+                           "rerun to resume from the last checkpoint")
 
     pad_id = models.tokenizer.pad_token_id
     micro = [collate(chunk, pad_id) for chunk in _micro_batches(data, cfg.train.micro_batch_size)]
@@ -184,7 +190,8 @@ def train_step(step: int, cfg, models: Models, method: Method, games: list[GameI
         "step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
         "kl_student_teacher": sum(kls) / tokens if kls else None,
         "rollout_success": success, "invalid_action_rate": invalid, "repeated_action_rate": repeated,
-        "episodes": len(games), "data": len(data),
+        "episodes": len(games), "data": len(data), "env_worker_restarts": pool.restarts,
+        "failed_episodes": sum(1 for t in trajectories if t.failed) if trajectories else 0,
         **{f"time_{k}_s": v for k, v in times.items()}, "time_step_s": sum(times.values()),
     }
 
