@@ -54,11 +54,10 @@ _PRE_TOKEN_PATTERN = r"\n|\w+|[^\w\s]"
 
 def alfworld_words() -> list[str]:
     """Object and receptacle names as the game prints them (`sinkbasin`, `desklamp`)."""
-    # Lazy import: this is the only use of alfworld outside harness/envs, for a word list.
-    from alfworld.gen import constants
+    # The engine's own names, from behind the harness/envs boundary.
+    from harness.envs.games import object_and_receptacle_words
 
-    names = set(constants.OBJECTS) | set(constants.RECEPTACLES) | set(constants.OBJECTS_SINGULAR)
-    return sorted({name.lower() for name in names})
+    return object_and_receptacle_words()
 
 
 def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:

@@ -65,6 +65,14 @@ class GameList:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
+def object_and_receptacle_words() -> list[str]:
+    """Every object and receptacle class name as the game prints it (`sinkbasin`, `desklamp`)."""
+    from alfworld.gen import constants  # lazy: discovery itself never loads the engine
+
+    names = set(constants.OBJECTS) | set(constants.RECEPTACLES) | set(constants.OBJECTS_SINGULAR)
+    return sorted({name.lower() for name in names})
+
+
 def resolve_task_types(task_types: list[str | int] | None) -> list[str]:
     """Names or ALFWorld ids (1-6) -> task type names; None means all six."""
     if not task_types:
