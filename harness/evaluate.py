@@ -33,12 +33,23 @@ def split_metrics(trajectories_per_seed: list[list]) -> dict:
     }
 
 
-def evaluate(model, tokenizer, data_root, cfg, pool: EnvPool, prompt: PromptSettings, log=print) -> dict:
-    """Play every eval game of every split once per eval seed; returns {split: metrics}."""
+def episode_record(trajectory, seed: int) -> dict:
+    """One evaluated episode as plain JSON: what the agent did and what the engine answered."""
+    return {"gamefile": trajectory.gamefile, "task": trajectory.task, "task_type": trajectory.task_type,
+            "seed": seed, "won": trajectory.won, "failed": trajectory.failed,
+            "turns": [{"action": t.action, "feedback": t.feedback, "valid": t.parseable and t.admissible_action,
+                       "repeated": t.repeated} for t in trajectory.turns]}
+
+
+def evaluate(model, tokenizer, data_root, cfg, pool: EnvPool, prompt: PromptSettings, log=print,
+             episodes_path=None) -> dict:
+    """Play every eval game of every split once per eval seed; returns {split: metrics}.
+
+    With `episodes_path`, every episode is also written there as JSONL (for reading failures)."""
     settings = RolloutSettings(layout=cfg.prompt.layout, greedy=cfg.eval.greedy, temperature=cfg.eval.temperature,
                                top_p=cfg.eval.top_p, max_new_tokens=cfg.prompt.max_new_tokens,
                                max_turns=cfg.env.max_steps)
-    results = {}
+    results, records = {}, []
     for split in cfg.eval.splits:
         games = discover_games(data_root, split, cfg.env.task_types, cfg.env.on_malformed).games
         if cfg.eval.max_games:
@@ -50,8 +61,13 @@ def evaluate(model, tokenizer, data_root, cfg, pool: EnvPool, prompt: PromptSett
                 trajectories += rollout(model, tokenizer, pool, games[k:k + cfg.eval.batch_envs], settings, prompt,
                                         seed=seed)
             runs.append(trajectories)
+            records += [dict(episode_record(t, seed), split=split) for t in trajectories]
         results[split] = split_metrics(runs)
         log(f"eval {split}: {100 * results[split]['success']:.1f}% of {len(games)} games")
+    if episodes_path is not None:
+        from harness.envs.demos import save_jsonl
+
+        save_jsonl(records, episodes_path)
     return results
 
 

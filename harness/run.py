@@ -176,9 +176,11 @@ def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
                      with_plan=method.gate == "oracle") as pool:
             extra: dict = {"models": info}
             if cfg.eval.eval_teacher:
-                extra["teacher_eval"] = evaluate(models.teacher, models.tokenizer, root, cfg, pool, prompt, log)
+                extra["teacher_eval"] = evaluate(models.teacher, models.tokenizer, root, cfg, pool, prompt, log,
+                                                 run_dir / "eval_teacher_episodes.jsonl")
             if cfg.eval.eval_initial:
-                extra["initial_eval"] = evaluate(models.student, models.tokenizer, root, cfg, pool, prompt, log)
+                extra["initial_eval"] = evaluate(models.student, models.tokenizer, root, cfg, pool, prompt, log,
+                                                 run_dir / "eval_initial_episodes.jsonl")
             if cfg.mode == "train":
                 from harness.envs import discover_games
 
@@ -192,7 +194,8 @@ def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
                 _load_for_eval(models, cfg.checkpoint)
             elif cfg.mode not in ("eval",):
                 raise ValueError(f"mode must be train, eval or prepare, not {cfg.mode!r}")
-            evaluation = evaluate(models.student, models.tokenizer, root, cfg, pool, prompt, log)
+            evaluation = evaluate(models.student, models.tokenizer, root, cfg, pool, prompt, log,
+                                  run_dir / "eval_episodes.jsonl")
         write_result(run_dir, status="complete", method=method.name, seed=cfg.seed, verifier_free=method.verifier_free,
                      config=config, versions_=versions(suite_hash), evaluation=evaluation,
                      wall_time_s=time.perf_counter() - started, extra=extra)

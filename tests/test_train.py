@@ -60,6 +60,10 @@ def test_run_record_has_every_logged_field(tmp_path):
     assert set(record["eval"]) == {"valid_seen", "valid_unseen"}
     seen = record["eval"]["valid_seen"]
     assert seen["num_games"] == 3 and 0 <= seen["success"] <= 1
+    episodes = [json.loads(x) for x in (tmp_path / "eval_episodes.jsonl").read_text().splitlines()]
+    assert sorted(e["split"] for e in episodes) == ["valid_seen"] * 3 + ["valid_unseen"] * 3
+    assert sum(e["won"] for e in episodes if e["split"] == "valid_seen") == round(3 * seen["success"])
+    assert all(len(e["turns"]) <= 6 and e["task"] for e in episodes)  # smoke's step cap is 6
     line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     for key in ("loss", "token_loss_mean", "label_frac_skip", "label_frac_weak", "label_frac_strong",
                 "weight_raw_mean", "weight_raw_min", "weight_raw_max", "weight_norm_mean", "weight_norm_min",
