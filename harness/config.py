@@ -87,6 +87,8 @@ class TinyConfig:
     judge_examples: int = 3000  # at most this many judge examples in the teacher's SFT data (0: no judge data)
     judge_games: int = 80  # train games played with noise to make them
     judge_heldout_games: int = 20  # the first train games, kept out, to report the judge's accuracy
+    recovery_games: int = 0  # train games played by a noisy expert, labelled with its recovery (0: off)
+    recovery_noise: float = 0.3  # chance per turn of an off-plan, invalid or repeated command there
 
 
 @dataclass

@@ -83,6 +83,7 @@ class NoisyTurn:
     expert_action: str
     kind: str  # what was tried: expert / off_plan / invalid / repeat
     label: int  # 0 Skip, 1 Weak, 2 Strong (what really happened, see the module docstring)
+    admissible: list[str] = field(default_factory=list)  # admissible commands when it was chosen
 
 
 @dataclass
@@ -177,7 +178,7 @@ def play_noisy_episodes(suite_root: str | Path, settings: JudgeDataSettings, *, 
                 if feedback.strip() != INVALID_FEEDBACK:
                     experts[i].update(action)  # only commands that took effect change the plan
                 turns.append(NoisyTurn(before[i][0], action, feedback, own, kind,
-                                       label_of(action, feedback, own, previous)))
+                                       label_of(action, feedback, own, previous), before[i][1]))
                 episodes[i].won = states[i].won
     if all(e.failed for e in episodes):
         raise RuntimeError(f"every noisy episode failed in the env pool; the first: {episodes[0].failed}")
@@ -264,3 +265,14 @@ def judge_accuracy(teacher, tokenizer, examples: tuple[list[list[dict]], list[in
         report[f"count_{name}"] = int(chosen.sum())
     report["true_label_prob"] = probs_N_3.gather(1, labels_N[:, None]).mean().item()
     return report
+
+
+def recovery_teacher_data(suite_root: str | Path, tokenizer, train_episodes: list[dict] | None = None, *,
+                          prompt, data: JudgeDataSettings, first_game: int = 0) -> list[Datum]:
+    """prepare's `extra_teacher_data`: states reached by the noisy expert (after invalid, repeated
+    or off-plan commands), each labelled with the expert's own next command, so the teacher learns
+    to recover from the mistakes a student makes (DAgger-style); the episodes given are not used."""
+    from harness.sft import recovery_data
+
+    episodes = play_noisy_episodes(suite_root, data, first_game=first_game, num_games=data.num_games, seed=data.seed)
+    return recovery_data(episodes, tokenizer, prompt)

@@ -85,7 +85,7 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
             teacher_sft=SFTSettings(steps=t.teacher_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr),
             student_sft=SFTSettings(steps=t.student_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr, warmup_steps=20),
             student_demos=t.student_demos, seed=0)
-        extra, extra_key, words, report = None, "", (), None
+        extras, keys, words, report = [], [], (), None
         if t.judge_examples > 0:  # judge examples join the teacher's SFT data (cpu_benchmark.md)
             from harness.judge import judge_vocabulary
             from harness.judge_data import (
@@ -99,14 +99,28 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
             js = judge_settings(cfg)
             data = JudgeDataSettings(num_games=t.judge_games, heldout_games=t.judge_heldout_games,
                                      max_examples=t.judge_examples)
-            extra = partial(judge_teacher_data, root, settings=js, data=data)
-            extra_key, words = judge_data_key(js, data), tuple(judge_vocabulary(js))
+            extras.append(partial(judge_teacher_data, root, settings=js, data=data))
+            keys.append(judge_data_key(js, data))
+            words = tuple(judge_vocabulary(js))
 
             def report(teacher, tokenizer):
                 return judge_accuracy(teacher, tokenizer, heldout_judge_examples(root, tokenizer, js, data), js)
 
+        if t.recovery_games > 0:  # DAgger-style: recover from the student's kind of mistakes
+            from harness.judge_data import JudgeDataSettings, recovery_teacher_data
+
+            noise = JudgeDataSettings(num_games=t.recovery_games, weak_prob=t.recovery_noise / 2,
+                                      strong_prob=t.recovery_noise / 2, seed=11)
+            # after the first 20 train games, whose demonstrations are held out for the accuracy report
+            extras.append(partial(recovery_teacher_data, root, prompt=prompt_settings(cfg), data=noise, first_game=20))
+            keys.append(f"recovery-v1-{t.recovery_games}-{t.recovery_noise}")
+
+        def extra(tokenizer, episodes):
+            return [d for make in extras for d in make(tokenizer, episodes)]
+
+        extra_key = "|".join(keys)
         pair = prepare_tiny(root, settings, prompt_settings(cfg), cache_root=cache_dir(cfg) / "tiny",
-                            extra_teacher_data=extra, extra_key=extra_key, extra_words=words,
+                            extra_teacher_data=extra if extras else None, extra_key=extra_key, extra_words=words,
                             teacher_report=report, log=log)
         student_path, teacher_path = student_path or str(pair.student), teacher_path or str(pair.teacher)
         info["tiny_report"] = pair.report

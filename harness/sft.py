@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.agent.prompt import PromptSettings
+from harness.agent.prompt import PromptSettings, format_response, render_window_messages
 from harness.agent.rollout import chat_tokens, episode_data
 from harness.agent.trajectory import Datum, collate
 
@@ -27,6 +27,22 @@ def demo_data(episodes: list[dict], tokenizer, settings: PromptSettings, layout:
     for index, episode in enumerate(episodes):
         steps = [(t["observation"], t["admissible"], t["action"]) for t in episode["turns"]]
         data += episode_data(tokenizer, episode["task"], steps, layout, settings, trajectory_index=index)
+    return data
+
+
+def recovery_data(episodes, tokenizer, settings: PromptSettings) -> list[Datum]:
+    """Window data from off-policy episodes: the history holds the commands really executed,
+    the target is the expert's command in that state (episodes of harness.judge_data.NoisyEpisode)."""
+    chat = chat_tokens(tokenizer)
+    data = []
+    for index, episode in enumerate(episodes):
+        for t, turn in enumerate(episode.turns):
+            history = [(u.observation, u.action) for u in episode.turns[:t]]
+            messages = render_window_messages(episode.task, history, turn.observation, turn.admissible, settings)
+            prompt, _ = chat.prompt_ids(messages)
+            reply = chat.encode(format_response(turn.expert_action, settings)) + [chat.end_of_turn_id]
+            data.append(Datum(prompt + reply, [0] * len(prompt) + [1] * len(reply),
+                              [-1] * len(prompt) + [t] * len(reply), [0.0] * (len(prompt) + len(reply)), index))
     return data
 
 

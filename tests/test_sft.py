@@ -1,0 +1,52 @@
+"""SFT data builders: recovery data keeps what was executed in the history and trains the expert's move."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.agent.prompt import PromptSettings
+from harness.judge_data import NoisyEpisode, NoisyTurn
+from harness.sft import SFTSettings, action_accuracy, recovery_data, train_sft
+from harness.tiny import TinyModelSpec, build_tiny_model, build_tokenizer
+
+ADMISSIBLE = ["go to cabinet 1", "go to fridge 1", "look"]
+CORPUS = ["your task is to : put a mug in fridge . observation : action : admissible actions : you have taken "
+          "steps step , . the last nothing happens dance cabinet is closed you are in middle of a room"]
+
+
+def _episode() -> NoisyEpisode:
+    return NoisyEpisode("g", "put a mug in fridge.", "pick_and_place_simple", turns=[
+        # the noisy policy tried an invalid command where the expert would have gone to the cabinet
+        NoisyTurn("You are in the middle of a room.", "dance", "Nothing happens.", "go to cabinet 1", "invalid", 2,
+                  ADMISSIBLE),
+        NoisyTurn("Nothing happens.", "go to cabinet 1", "The cabinet 1 is closed.", "go to cabinet 1", "expert", 0,
+                  ADMISSIBLE),
+    ])
+
+
+def test_recovery_data_history_is_executed_and_target_is_expert():
+    tokenizer = build_tokenizer(CORPUS, seed_words=[])
+    data = recovery_data([_episode()], tokenizer, PromptSettings(history=2))
+    assert len(data) == 2
+    second = data[1]
+    prompt = tokenizer.decode([i for i, m in zip(second.token_ids, second.response_mask, strict=True) if not m])
+    prompt = " ".join(prompt.replace(" :", ":").split())
+    reply = tokenizer.decode([i for i, m in zip(second.token_ids, second.response_mask, strict=True) if m],
+                             skip_special_tokens=True)
+    assert "<|unk|>" not in prompt
+    assert "action: dance" in prompt  # the history holds the command really executed
+    assert "your task is to: put a mug in fridge." in prompt
+    assert reply == "go to cabinet 1"  # the expert's recovery
+    assert second.turn_index[-1] == 1 and sum(second.response_mask) == 5  # go to cabinet 1 + end of turn
+
+
+def test_sft_learns_a_fixed_reply():
+    # a model trained on one (prompt, reply) pair reproduces it exactly: the loop and metric agree
+    tokenizer = build_tokenizer(CORPUS, seed_words=[])
+    data = recovery_data([_episode()], tokenizer, PromptSettings(history=2))[:1]
+    model = build_tiny_model(TinyModelSpec(layers=1, hidden=32, heads=2, kv_heads=2, intermediate=64), tokenizer)
+    before = action_accuracy(model, data, tokenizer, tokenizer.pad_token_id)
+    losses = train_sft(model, data, SFTSettings(steps=60, batch_size=1, lr=3e-3, warmup_steps=5), tokenizer.pad_token_id)
+    after = action_accuracy(model, data, tokenizer, tokenizer.pad_token_id)
+    assert before["go"] == 0.0 and after == {"go": 1.0, "all": 1.0}
+    assert losses[-1] < 0.25 * losses[0] and torch.isfinite(torch.tensor(losses)).all()
