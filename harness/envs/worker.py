@@ -75,4 +75,7 @@ def worker_main(conn, with_plan: bool, cache_size: int) -> None:
             finally:
                 # Fast Downward's translator clobbers these on load/reset.
                 sys.argv, sys.stdout = list(real_argv), real_stdout
-        conn.send(results)
+        try:
+            conn.send(results)
+        except (BrokenPipeError, EOFError, OSError):
+            return  # the pool's process is gone: nothing left to serve
