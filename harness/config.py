@@ -79,7 +79,7 @@ class TinyConfig:
     teacher_hidden: int = 256
     student_layers: int = 4
     student_hidden: int = 128
-    teacher_sft_steps: int = 700
+    teacher_sft_steps: int = 900
     student_sft_steps: int = 150
     student_demos: int = 24
     sft_batch_size: int = 16
@@ -87,7 +87,7 @@ class TinyConfig:
     judge_examples: int = 3000  # at most this many judge examples in the teacher's SFT data (0: no judge data)
     judge_games: int = 80  # train games played with noise to make them
     judge_heldout_games: int = 20  # the first train games, kept out, to report the judge's accuracy
-    recovery_games: int = 0  # train games played by a noisy expert, labelled with its recovery (0: off)
+    recovery_games: int = 200  # train games played by a noisy expert, labelled with its recovery (0: off)
     recovery_noise: float = 0.3  # chance per turn of an off-plan, invalid or repeated command there
 
 

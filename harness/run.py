@@ -111,8 +111,9 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
 
             noise = JudgeDataSettings(num_games=t.recovery_games, weak_prob=t.recovery_noise / 2,
                                       strong_prob=t.recovery_noise / 2, seed=11)
-            # after the first 20 train games, whose demonstrations are held out for the accuracy report
-            extras.append(partial(recovery_teacher_data, root, prompt=prompt_settings(cfg), data=noise, first_game=20))
+            # after the first train games, held out for the accuracy reports
+            extras.append(partial(recovery_teacher_data, root, prompt=prompt_settings(cfg), data=noise,
+                                  first_game=t.judge_heldout_games))
             keys.append(f"recovery-v1-{t.recovery_games}-{t.recovery_noise}")
 
         def extra(tokenizer, episodes):
