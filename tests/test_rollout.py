@@ -269,3 +269,22 @@ def test_a_dead_worker_or_broken_game_fails_its_episodes_not_the_batch(world, tm
         assert "died" in trajectory.failed and not trajectory.won
         assert trajectory.num_turns == 3 and trajectory.turns[-1].feedback == ""
     assert prefills[:3] == [3, 3, 3]  # the broken game never entered the batch
+
+
+def test_planner_next_action_is_recorded_for_the_oracle_gate(world):
+    from harness.train import oracle_labels
+
+    tokenizer, model = world["tokenizer"], world["model"]
+    with EnvPool(num_workers=1, max_steps=MAX_STEPS, with_plan=True) as pool:
+        fitted = rollout(model, tokenizer, pool, world["pick"], RolloutSettings(greedy=True), PROMPT)
+        wandering = rollout(model, tokenizer, pool, world["others"][:1], RolloutSettings(greedy=True), PROMPT)
+    # the model plays the walkthrough, which is the planner's plan: every turn is the planner's move
+    assert all(t.won for t in fitted)
+    assert all(turn.expert_action == turn.action for t in fitted for turn in t.turns)
+    assert set(oracle_labels(fitted).values()) == {0}
+    # elsewhere the planner still names a command each turn, and rejected ones are Strong
+    labels = oracle_labels(wandering)
+    for (_, k), label in labels.items():
+        turn = wandering[0].turns[k]
+        assert turn.expert_action in turn.admissible
+        assert label == (2 if (not turn.admissible_action or turn.repeated) else 0 if turn.action == turn.expert_action else 1)

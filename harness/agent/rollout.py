@@ -22,7 +22,7 @@ with `RolloutSettings(greedy=True)` or an eval temperature.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import GenerationConfig
@@ -197,6 +197,7 @@ class _Episode:
     turn_index: list[int]
     sample_logprobs: list[float]
     fed: int = 0  # tokens of this episode already in its batch's key/value cache
+    plan: list[str] = field(default_factory=list)  # the planner's commands now (pool with_plan only)
 
     def extend(self, ids: list[int], logps: list[float] | None = None, turn: int = -1) -> None:
         self.token_ids += ids
@@ -240,7 +241,7 @@ def rollout(model, tokenizer, pool: EnvPool, games: list[GameInfo], settings: Ro
     clock["env"] += time.perf_counter() - started
     episodes = [
         _Episode(Trajectory(g.gamefile, s.task, g.task_type, failed=s.failed), s.text, list(s.admissible),
-                 [], [], [], [], [])
+                 [], [], [], [], [], plan=list(s.plan))
         for g, s in zip(games, states, strict=True)
     ]
     size = settings.max_batch_envs or max(1, len(games))
@@ -333,7 +334,7 @@ def _record_turn(episode: _Episode, state, ids: list[int], logps: list[float], t
         feedback=state.text if not state.failed else "", admissible=list(episode.admissible),
         parseable=parsed.parseable, admissible_action=parsed.admissible,
         repeated=previous is not None and normalize_action(previous) == normalize_action(parsed.action),
-        won_after=state.won,
+        won_after=state.won, expert_action=episode.plan[0] if episode.plan else None,
     ))
     trajectory.won = bool(state.won) and not state.failed
     trajectory.failed = state.failed
@@ -342,7 +343,7 @@ def _record_turn(episode: _Episode, state, ids: list[int], logps: list[float], t
     else:
         trajectory.data.append(_window_datum(context, ids, logps, turn, index))
     episode.history.append((episode.observation, parsed.action))
-    episode.observation, episode.admissible = state.text, list(state.admissible)
+    episode.observation, episode.admissible, episode.plan = state.text, list(state.admissible), list(state.plan)
 
 
 def episode_data(tokenizer, task: str, steps: list[tuple[str, list[str], str]], layout: str,
