@@ -16,7 +16,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -148,17 +148,17 @@ def train_step(step: int, cfg, models: Models, method: Method, games: list[GameI
     batches = []
     for b, t_out in zip(micro, teacher_outs, strict=True):
         keys = [tuple(k) for k in b["turn_keys_U"].tolist()]
-        fields = {}
+        turn_signals = {}
         if judged is not None:
             probs, valid = judged
-            fields["judge_probs_U_3"] = torch.stack([probs[k] for k in keys]) if keys else torch.zeros(0, 3)
-            fields["judge_valid_U"] = torch.tensor([valid[k] for k in keys], dtype=torch.bool)
+            turn_signals["judge_probs_U_3"] = torch.stack([probs[k] for k in keys]) if keys else torch.zeros(0, 3)
+            turn_signals["judge_valid_U"] = torch.tensor([valid[k] for k in keys], dtype=torch.bool)
         if oracle is not None:
-            fields["oracle_labels_U"] = torch.tensor([oracle[k] for k in keys], dtype=torch.long)
+            turn_signals["oracle_labels_U"] = torch.tensor([oracle[k] for k in keys], dtype=torch.long)
         batches.append(MethodBatch(response_mask_B_T=b["response_mask_B_T"], turn_ids_B_T=b["turn_ids_B_T"],
                                    teacher_top1_B_T=t_out.top1_B_T.cpu() if t_out is not None else None,
                                    sequence_ids_B=torch.arange(len(batches) * 10_000, len(batches) * 10_000 + len(b["tokens_B_T"])),
-                                   **fields))
+                                   **turn_signals))
     totals = method.totals(batches)
 
     started = time.perf_counter()
@@ -176,7 +176,7 @@ def train_step(step: int, cfg, models: Models, method: Method, games: list[GameI
                                        temperature=method.temperature)
             token_loss_B_T = out.token_loss_B_T
             kls.append((out.kl_B_T.cpu() * mb.response_mask_B_T).sum().item())
-        loss, batch_stats = method.loss(_with_loss(mb, token_loss_B_T.cpu() if device.type == "cpu" else token_loss_B_T), totals)
+        loss, batch_stats = method.loss(replace(_on_device(mb, device), token_loss_B_T=token_loss_B_T), totals)
         loss.backward()
         stats.append(batch_stats)
     grad_norm = torch.nn.utils.clip_grad_norm_([p for p in models.student.parameters() if p.requires_grad], cfg.train.grad_clip)
@@ -196,10 +196,11 @@ def train_step(step: int, cfg, models: Models, method: Method, games: list[GameI
     }
 
 
-def _with_loss(batch: MethodBatch, token_loss_B_T: torch.Tensor) -> MethodBatch:
-    from dataclasses import replace
-
-    return replace(batch, token_loss_B_T=token_loss_B_T)
+def _on_device(batch: MethodBatch, device: torch.device) -> MethodBatch:
+    """The method batch's tensors on the student's device (the token losses are computed there)."""
+    moved = {f.name: getattr(batch, f.name).to(device) for f in fields(batch)
+             if isinstance(getattr(batch, f.name), torch.Tensor)}
+    return replace(batch, **moved)
 
 
 def train(cfg, run_dir: Path, models: Models, method: Method, games: list[GameInfo], pool: EnvPool,
