@@ -22,7 +22,7 @@ import torch
 
 from harness.agent.prompt import PromptSettings
 from harness.envs import EnvPool, discover_games
-from harness.envs.demos import load_jsonl, play_experts, save_jsonl
+from harness.envs.demos import play_experts, save_jsonl
 from harness.sft import SFTSettings, action_accuracy, demo_data, train_sft
 from harness.tiny import (
     STUDENT_SPEC,
@@ -158,7 +158,3 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
             os.replace(tmp, final)
     report = json.loads((final / "report.json").read_text())
     return TinyPair(final, final / "teacher", final / "student", report)
-
-
-def load_demos(pair: TinyPair) -> list[dict]:
-    return load_jsonl(pair.root / "demos.jsonl")

@@ -14,9 +14,9 @@ from harness.envs.games import (
     resolve_data_root,
     resolve_task_types,
 )
-from harness.envs.pool import EnvPool, EnvState, default_num_workers
+from harness.envs.pool import EnvPool, EnvState
 
 __all__ = [
     "SHORT_NAMES", "SPLITS", "TASK_TYPES", "EnvPool", "EnvState", "GameDataError", "GameInfo",
-    "GameList", "default_num_workers", "discover_games", "resolve_data_root", "resolve_task_types",
+    "GameList", "discover_games", "resolve_data_root", "resolve_task_types",
 ]

@@ -11,7 +11,6 @@ as failed with the reason and the rest of the batch goes on.
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -172,8 +171,3 @@ class EnvPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def default_num_workers() -> int:
-    """One env worker per core, at most 4 (the engine is cheap next to the models)."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
