@@ -30,7 +30,7 @@ class SuiteConfig:
     """The generated offline suite (env=alfworld_synth)."""
 
     seed: int = 0
-    n_train: int = 400
+    n_train: int = 2000  # the tiny teacher needs many demonstrations (the real benchmark has 3,553)
     n_valid_seen: int = 140
     n_valid_unseen: int = 134
     receptacles_per_room: int = 8
@@ -79,12 +79,12 @@ class TinyConfig:
     teacher_hidden: int = 256
     student_layers: int = 4
     student_hidden: int = 128
-    teacher_sft_steps: int = 900
+    teacher_sft_steps: int = 600
     student_sft_steps: int = 150
     student_demos: int = 24
-    sft_batch_size: int = 16
+    sft_batch_size: int = 8  # sequences per SFT step (whole episodes in the full layout)
     sft_lr: float = 5e-4
-    judge_examples: int = 3000  # at most this many judge examples in the teacher's SFT data (0: no judge data)
+    judge_examples: int = 1500  # at most this many judge examples in the teacher's SFT data (0: no judge data)
     judge_games: int = 80  # train games played with noise to make them
     judge_heldout_games: int = 20  # the first train games, kept out, to report the judge's accuracy
     recovery_games: int = 200  # train games played by a noisy expert, labelled with its recovery (0: off)

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 from harness.agent.prompt import PromptSettings
 from harness.agent.rollout import RolloutSettings, rollout
-from harness.envs import EnvPool, discover_games
+from harness.envs import EnvPool, discover_games, interleave_task_types
 
 
 def split_metrics(trajectories_per_seed: list[list]) -> dict:
@@ -73,13 +73,4 @@ def evaluate(model, tokenizer, data_root, cfg, pool: EnvPool, prompt: PromptSett
 
 def _balanced(games: list, count: int) -> list:
     """A reduced eval set that keeps every task type: round-robin over types in path order."""
-    by_type: dict[str, list] = defaultdict(list)
-    for g in games:
-        by_type[g.task_type].append(g)
-    picked, k = [], 0
-    while len(picked) < min(count, len(games)):
-        for bucket in by_type.values():
-            if k < len(bucket) and len(picked) < count:
-                picked.append(bucket[k])
-        k += 1
-    return sorted(picked, key=lambda g: g.gamefile)
+    return sorted(interleave_task_types(games)[:count], key=lambda g: g.gamefile)

@@ -20,7 +20,7 @@ import torch
 from harness.agent.prompt import normalize_action
 from harness.agent.rollout import chat_tokens
 from harness.agent.trajectory import Datum
-from harness.envs import EnvPool, discover_games
+from harness.envs import EnvPool, discover_games, interleave_task_types
 from harness.envs.experts import ExploringExpert, kind_of
 from harness.judge import (
     LABEL_NAMES,
@@ -147,8 +147,9 @@ def _noisy_command(rng: random.Random, expert: ExploringExpert, admissible: list
 
 def play_noisy_episodes(suite_root: str | Path, settings: JudgeDataSettings, *, split: str = "train",
                         first_game: int = 0, num_games: int | None = None, seed: int = 0) -> list[NoisyEpisode]:
-    """Play games[first_game:first_game + num_games] of the split with the noisy expert, in lock-step."""
-    games = discover_games(suite_root, split).games[first_game:]
+    """Play games[first_game:first_game + num_games] of the split, in round-robin order over task
+    types, with the noisy expert, in lock-step."""
+    games = interleave_task_types(discover_games(suite_root, split).games)[first_game:]
     games = games[:num_games] if num_games is not None else games
     if not games:
         raise ValueError(f"no {split} games from index {first_game} in {suite_root}; lower heldout_games/first_game")
@@ -156,6 +157,8 @@ def play_noisy_episodes(suite_root: str | Path, settings: JudgeDataSettings, *, 
     experts = [ExploringExpert(g.task_type, g.params) for g in games]
     with EnvPool(num_workers=settings.num_workers, max_steps=settings.max_steps) as pool:
         states = pool.reset([g.gamefile for g in games])
+        for expert, state in zip(experts, states, strict=True):
+            expert.observe(state.text)
         episodes = [NoisyEpisode(g.gamefile, s.task, g.task_type, failed=s.failed)
                     for g, s in zip(games, states, strict=True)]
         while not pool.all_done:
@@ -268,11 +271,11 @@ def judge_accuracy(teacher, tokenizer, examples: tuple[list[list[dict]], list[in
 
 
 def recovery_teacher_data(suite_root: str | Path, tokenizer, train_episodes: list[dict] | None = None, *,
-                          prompt, data: JudgeDataSettings, first_game: int = 0) -> list[Datum]:
+                          prompt, data: JudgeDataSettings, first_game: int = 0, layout: str = "window") -> list[Datum]:
     """prepare's `extra_teacher_data`: states reached by the noisy expert (after invalid, repeated
     or off-plan commands), each labelled with the expert's own next command, so the teacher learns
     to recover from the mistakes a student makes (DAgger-style); the episodes given are not used."""
     from harness.sft import recovery_data
 
     episodes = play_noisy_episodes(suite_root, data, first_game=first_game, num_games=data.num_games, seed=data.seed)
-    return recovery_data(episodes, tokenizer, prompt)
+    return recovery_data(episodes, tokenizer, prompt, layout)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from harness.agent.prompt import PromptSettings
-from harness.envs import EnvPool, discover_games
+from harness.envs import EnvPool, discover_games, interleave_task_types
 from harness.envs.demos import play_experts, save_jsonl
 from harness.sft import SFTSettings, action_accuracy, demo_data, train_sft
 from harness.tiny import (
@@ -33,7 +33,7 @@ from harness.tiny import (
     save_tiny,
 )
 
-PREPARE_VERSION = "2"  # 2: explorer restarts a search from where it stands
+PREPARE_VERSION = "3"  # 3: explorer walks the room listing; demos interleave task types
 
 
 @dataclass
@@ -69,11 +69,19 @@ def _cache_key(suite_root: Path, settings: TinySettings, prompt: PromptSettings,
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def collect_demos(suite_root: Path, path: Path, num_workers: int = 2) -> list[dict]:
-    """Exploring-expert episodes on every train game (only won episodes are kept)."""
-    games = discover_games(suite_root, "train").games
+def collect_demos(suite_root: Path, path: Path, num_workers: int = 2, chunk: int = 128) -> list[dict]:
+    """Exploring-expert episodes on every train game, in round-robin order over task types (so
+    the held-out and warm-start prefixes hold every type); only won episodes are kept.
+    Games are played `chunk` at a time: thousands of live engines at once exhaust the workers."""
+    games = interleave_task_types(discover_games(suite_root, "train").games)
+    episodes: list[dict] = []
     with EnvPool(num_workers=num_workers, max_steps=30) as pool:
-        episodes = play_experts(pool, games, expert="explorer")
+        for start in range(0, len(games), chunk):
+            episodes += play_experts(pool, games[start:start + chunk], expert="explorer")
+    failed = [e for e in episodes if e["failed"]]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(episodes)} demonstration episodes failed in the env pool; "
+                           f"the first: {failed[0]['failed']}")
     won = [e for e in episodes if e["won"]]
     save_jsonl(won, path)
     return won
@@ -96,7 +104,7 @@ def _build(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSe
     teacher_data = demo_data(train, tokenizer, prompt, settings.layout)
     if extra_teacher_data is not None:
         teacher_data += extra_teacher_data(tokenizer, train)
-    heldout_data = demo_data(heldout, tokenizer, prompt, "window")
+    heldout_data = demo_data(heldout, tokenizer, prompt, settings.layout)
     report: dict = {"demos": len(demos), "teacher_examples": len(teacher_data), "vocab": len(tokenizer)}
 
     for role, spec, sft, data in (

@@ -84,7 +84,7 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
             student=TinyModelSpec(layers=t.student_layers, hidden=t.student_hidden, intermediate=4 * t.student_hidden),
             teacher_sft=SFTSettings(steps=t.teacher_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr),
             student_sft=SFTSettings(steps=t.student_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr, warmup_steps=20),
-            student_demos=t.student_demos, seed=0)
+            student_demos=t.student_demos, layout=cfg.prompt.layout, seed=0)
         extras, keys, words, report = [], [], (), None
         if t.judge_examples > 0:  # judge examples join the teacher's SFT data (cpu_benchmark.md)
             from harness.judge import judge_vocabulary
@@ -113,8 +113,8 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
                                       strong_prob=t.recovery_noise / 2, seed=11)
             # after the first train games, held out for the accuracy reports
             extras.append(partial(recovery_teacher_data, root, prompt=prompt_settings(cfg), data=noise,
-                                  first_game=t.judge_heldout_games))
-            keys.append(f"recovery-v1-{t.recovery_games}-{t.recovery_noise}")
+                                  first_game=t.judge_heldout_games, layout=cfg.prompt.layout))
+            keys.append(f"recovery-v2-{t.recovery_games}-{t.recovery_noise}")
 
         def extra(tokenizer, episodes):
             return [d for make in extras for d in make(tokenizer, episodes)]

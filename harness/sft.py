@@ -15,7 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.agent.prompt import PromptSettings, format_response, render_window_messages
+from harness.agent.prompt import (
+    PromptSettings,
+    format_response,
+    normalize_action,
+    render_window_messages,
+)
 from harness.agent.rollout import chat_tokens, episode_data
 from harness.agent.trajectory import Datum, collate
 
@@ -30,9 +35,20 @@ def demo_data(episodes: list[dict], tokenizer, settings: PromptSettings, layout:
     return data
 
 
-def recovery_data(episodes, tokenizer, settings: PromptSettings) -> list[Datum]:
-    """Window data from off-policy episodes: the history holds the commands really executed,
-    the target is the expert's command in that state (episodes of harness.judge_data.NoisyEpisode)."""
+def recovery_data(episodes, tokenizer, settings: PromptSettings, layout: str = "window") -> list[Datum]:
+    """Data from off-policy episodes (harness.judge_data.NoisyEpisode): the history holds the
+    commands really executed. `window`: every state, the target is the expert's command there.
+    `full`: one sequence per episode as it was played, the loss on the turns where the expert's
+    own command was executed (the recoveries after a mistake included), the mistakes as context."""
+    if layout == "full":
+        data = []
+        for index, episode in enumerate(episodes):
+            steps = [(turn.observation, turn.admissible, turn.action) for turn in episode.turns]
+            flags = [normalize_action(t.action) == normalize_action(t.expert_action) for t in episode.turns]
+            if any(flags):
+                data += episode_data(tokenizer, episode.task, steps, "full", settings, trajectory_index=index,
+                                     train_turns=flags)
+        return data
     chat = chat_tokens(tokenizer)
     data = []
     for index, episode in enumerate(episodes):
@@ -122,8 +138,10 @@ def train_sft(model, data: list[Datum], settings: SFTSettings, pad_id: int,
 
 @torch.no_grad()
 def action_accuracy(model, data: list[Datum], tokenizer, pad_id: int, batch_size: int = 64) -> dict[str, float]:
-    """Exact-match next-action accuracy per command verb (every reply token argmax-correct),
-    so that `take`/`move`/`use`, which need the goal matched against what is in view, show apart."""
+    """Exact-match next-action accuracy per command verb (every token of a turn's reply
+    argmax-correct, teacher-forced), so that `take`/`move`/`use`, which need the goal matched
+    against what is in view, show apart. Works for both layouts: replies are told apart by
+    their turn index, so a `full` datum counts each of its turns."""
     device = next(model.parameters()).device
     hits: dict[str, list[int]] = defaultdict(list)
     was_training = model.training
@@ -132,11 +150,16 @@ def action_accuracy(model, data: list[Datum], tokenizer, pad_id: int, batch_size
         chunk = data[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         _, correct_B_S, mask_B_S = response_nll(model, batch)
-        wrong_B = ((1 - correct_B_S) * mask_B_S).sum(1)
-        for datum, wrong in zip(chunk, wrong_B.tolist(), strict=True):
-            reply = [t for t, m in zip(datum.token_ids, datum.response_mask, strict=True) if m]
-            verb = tokenizer.decode(reply, skip_special_tokens=True).split(" ")[0] or "?"
-            hits[verb].append(int(wrong == 0))
+        for row, datum in enumerate(chunk):
+            replies: dict[int, list[int]] = defaultdict(list)
+            wrong: dict[int, int] = defaultdict(int)
+            for t, (token, turn) in enumerate(zip(datum.token_ids, datum.turn_index, strict=True)):
+                if datum.response_mask[t] and t > 0:
+                    replies[turn].append(token)
+                    wrong[turn] += int(correct_B_S[row, t - 1].item() == 0)
+            for turn, reply in replies.items():
+                verb = tokenizer.decode(reply, skip_special_tokens=True).split(" ")[0] or "?"
+                hits[verb].append(int(wrong[turn] == 0))
     model.train(was_training)
     result = {verb: sum(v) / len(v) for verb, v in sorted(hits.items())}
     result["all"] = sum(sum(v) for v in hits.values()) / max(1, sum(len(v) for v in hits.values()))

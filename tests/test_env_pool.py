@@ -143,16 +143,39 @@ def test_malformed_game_is_named_then_skipped_or_fatal(small_suite, tmp_path):
 
 def test_explorer_follows_visible_order_without_hidden_knowledge():
     expert = ExploringExpert("pick_and_place_simple", {"object_target": "Mug", "parent_target": "Fridge"})
-    admissible = ["go to cabinet 1", "go to countertop 1", "go to fridge 1", "go to toaster 1", "inventory", "look"]
-    # a toaster cannot hold a mug (alfworld's constants), so it is never searched
-    assert expert.act("", admissible) == "go to cabinet 1"
-    assert expert.act("The cabinet 1 is closed.", admissible[1:] + ["open cabinet 1"]) == "open cabinet 1"
-    assert expert.act("In it, you see nothing.", ["close cabinet 1"] + admissible[1:]) == "go to countertop 1"
-    seen = ["take bread 1 from countertop 1", "take mug 2 from countertop 1", "go to cabinet 1"]
-    assert expert.act("On the countertop 1, you see a mug 2.", seen) == "take mug 2 from countertop 1"
-    assert expert.act("", ["go to fridge 1", "go to cabinet 1"]) == "go to fridge 1"
-    assert expert.act("The fridge 1 is closed.", ["open fridge 1", "go to cabinet 1"]) == "open fridge 1"
+    start = ("You are in the middle of a room. Looking quickly around you, you see a toaster 1, a cabinet 2, "
+             "a cabinet 1, a countertop 1, and a fridge 1.")
+    places = ["toaster 1", "cabinet 2", "cabinet 1", "countertop 1", "fridge 1"]
+    go = lambda *skip: [f"go to {p}" for p in places if p not in skip] + ["inventory", "look"]  # noqa: E731
+    # the room's listing is the order, not the sorted admissible list
+    assert expert.act(start, go()) == "go to toaster 1"
+    # cabinet 2 and cabinet 1 share a spot: from cabinet 2, cabinet 1 cannot be gone to, only opened
+    assert expert.act("On the toaster 1, you see nothing.", go("toaster 1")) == "go to cabinet 2"
+    assert expert.act("The cabinet 2 is closed.", go("cabinet 2", "cabinet 1") + ["open cabinet 1", "open cabinet 2"]) \
+        == "open cabinet 2"
+    assert expert.act("In it, you see nothing.", go("cabinet 2", "cabinet 1") + ["open cabinet 1"]) == "open cabinet 1"
+    assert expert.act("In it, you see a cup 1.", go("cabinet 2", "cabinet 1")) == "go to countertop 1"
+    seen = ["take bread 1 from countertop 1", "take mug 2 from countertop 1"] + go("countertop 1")
+    assert expert.act("On the countertop 1, you see a bread 1, and a mug 2.", seen) == "take mug 2 from countertop 1"
+    # holding the mug: straight to the first fridge, open it, put the mug in
+    assert expert.act("You pick up the mug 2.", go("countertop 1")) == "go to fridge 1"
+    assert expert.act("The fridge 1 is closed.", ["open fridge 1"] + go("fridge 1")) == "open fridge 1"
     assert expert.act("", ["close fridge 1", "move mug 2 to fridge 1"]) == "move mug 2 to fridge 1"
+
+
+def test_explorer_search_is_cyclic_from_where_it_stands():
+    expert = ExploringExpert("look_at_obj_in_light", {"object_target": "Book", "toggle_target": "DeskLamp"})
+    expert.observe("You are in the middle of a room. Looking quickly around you, you see a bed 1, a desk 1, "
+                   "a shelf 1, and a drawer 1.")
+    expert.update("go to shelf 1")
+    expert.update("take book 1 from shelf 1")
+    assert expert.phase == "lamp"
+    # after shelf 1 comes drawer 1, then around to bed 1; the lamp search opens nothing
+    reachable = ["go to bed 1", "go to desk 1", "go to drawer 1", "open drawer 1"]
+    assert expert.choose(reachable) == "go to drawer 1"
+    expert.update("go to drawer 1")
+    assert expert.choose(["go to bed 1", "go to desk 1", "go to shelf 1", "open drawer 1"]) == "go to bed 1"
+    assert expert.choose(["use desklamp 1", "go to bed 1"]) == "use desklamp 1"
 
 
 def test_same_game_in_two_slots_of_one_worker_does_not_share_state(seen_games):

@@ -347,12 +347,17 @@ def _record_turn(episode: _Episode, state, ids: list[int], logps: list[float], t
 
 
 def episode_data(tokenizer, task: str, steps: list[tuple[str, list[str], str]], layout: str,
-                 prompt_settings: PromptSettings, *, trajectory_index: int = 0) -> list[Datum]:
+                 prompt_settings: PromptSettings, *, trajectory_index: int = 0,
+                 train_turns: list[bool] | None = None) -> list[Datum]:
     """Training data for a given episode (an expert's) in exactly the token layout of `rollout`.
 
     `steps` holds (observation shown, admissible actions, action) per turn. Each response is
     `format_response(action)` + the end-of-turn token (mask 1, sample_logprobs 0: not sampled).
+    `train_turns` (one flag per turn) leaves some turns out of the loss: in `full` they stay in
+    the sequence as context (mask 0), in `window` they give no datum.
     """
+    if train_turns is not None and len(train_turns) != len(steps):
+        raise ValueError(f"train_turns has {len(train_turns)} flags for {len(steps)} steps")
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
     chat = chat_tokens(tokenizer)
@@ -362,9 +367,10 @@ def episode_data(tokenizer, task: str, steps: list[tuple[str, list[str], str]], 
         episode.observation, episode.admissible = observation, list(admissible)
         context, _ = _next_context(episode, chat, prompt_settings, layout, turn)
         ids = chat.encode(format_response(action, prompt_settings)) + [chat.end_of_turn_id]
+        trained = train_turns is None or train_turns[turn]
         if layout == "full":
-            episode.extend(ids, [0.0] * len(ids), turn)
-        else:
+            episode.extend(ids, [0.0] * len(ids) if trained else None, turn)
+        elif trained:
             data.append(_window_datum(context, ids, [0.0] * len(ids), turn, trajectory_index))
         episode.history.append((observation, action))
     if layout == "full" and steps:

@@ -1,6 +1,6 @@
-"""Time the generation of the default game suite (140 seen + 134 unseen + 400 train).
+"""Time the generation of the default game suite (140 seen + 134 unseen + 2000 train).
 
-    python -m harness.bench.generate [--workers 2] [--n-train 400]
+    python -m harness.bench.generate [--workers 2] [--n-train 2000]
 
 Writes into a temporary folder (never the cache) and prints seconds, games/s and counts.
 """

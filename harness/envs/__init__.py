@@ -11,6 +11,7 @@ from harness.envs.games import (
     GameInfo,
     GameList,
     discover_games,
+    interleave_task_types,
     resolve_data_root,
     resolve_task_types,
 )
@@ -18,5 +19,5 @@ from harness.envs.pool import EnvPool, EnvState
 
 __all__ = [
     "SHORT_NAMES", "SPLITS", "TASK_TYPES", "EnvPool", "EnvState", "GameDataError", "GameInfo",
-    "GameList", "discover_games", "resolve_data_root", "resolve_task_types",
+    "GameList", "discover_games", "interleave_task_types", "resolve_data_root", "resolve_task_types",
 ]

@@ -2,9 +2,12 @@
 
 The planner (Fast Downward via the engine's `policy_commands`) is optimal and omniscient.
 The exploring expert knows only the goal (the task sentence, as `pddl_params`) and what it
-sees: it visits receptacles in a fixed, visible order (sorted `go to` targets, skipping
-receptacle kinds that cannot hold the object), opens closed ones, and acts through the
-admissible commands. So a policy without hidden state knowledge can imitate it. It is our
+sees: it walks the receptacles in the order the room's first observation lists them
+("Looking quickly around you, you see a bed 1, a drawer 2, ..."), cyclically from where it
+stands, opens closed ones while it searches, and acts through the admissible commands. It
+keeps no memory beyond what the episode's own text shows (where it stands, what it holds and
+has placed), so a policy that sees the first observation and its own history can imitate it
+exactly: the next place is the one listed after the current one. It is our
 own code path, free of the two faults of alfworld 0.4.2's handcoded expert (the ignored
 `expert_type` and the inventory tracked on `put` only, which loops on pick-two games).
 """
@@ -13,15 +16,22 @@ from __future__ import annotations
 
 import re
 
-from alfworld.gen import constants
-
-_CAN_HOLD = {recep.lower(): {o.lower() for o in objs} for recep, objs in constants.VAL_RECEPTACLE_OBJECTS.items()}
 _TOOLS = {  # task type -> (verb, receptacle kind)
     "pick_clean_then_place_in_recep": ("clean", "sinkbasin"),
     "pick_heat_then_place_in_recep": ("heat", "microwave"),
     "pick_cool_then_place_in_recep": ("cool", "fridge"),
 }
 _NAME_RE = re.compile(r"^([a-z]+) (\d+)$")
+_LISTING_RE = re.compile(r"you see (.*?)\.?\s*$", re.S)
+_ITEM_RE = re.compile(r"(?:^|,)\s*(?:and\s+)?an? ([a-z]+ \d+)")
+
+
+def room_listing(text: str) -> list[str]:
+    """The receptacles of a room's first observation, in the order it lists them."""
+    if "Looking quickly around you" not in text:
+        return []
+    match = _LISTING_RE.search(text.split("Looking quickly around you", 1)[1])
+    return _ITEM_RE.findall(match.group(1)) if match else []
 
 
 def kind_of(name: str) -> str:
@@ -43,23 +53,36 @@ class ExploringExpert:
         self.location = ""
         self.holding = ""
         self.placed: set[str] = set()
-        self.visited: set[str] = set()
+        self.listing: list[str] = []
         self.phase = "find"
 
     # -- helpers ----------------------------------------------------------------------------
-    def _goto_next(self, admissible: list[str], wanted: str | None) -> str:
-        """Go to the next unvisited receptacle in sorted order (only kinds that can hold `wanted`)."""
-        targets = sorted(c[len("go to "):] for c in admissible if c.startswith("go to "))
-        candidates = [t for t in targets if wanted is None or wanted in _CAN_HOLD.get(kind_of(t), {wanted})]
-        for name in candidates:
-            if name not in self.visited:
+    def observe(self, text: str) -> None:
+        """Read the room's listing from the first observation (later texts leave it alone)."""
+        if not self.listing:
+            self.listing = room_listing(text)
+
+    def _goto_next(self, admissible: list[str], search_inside: bool = False) -> str:
+        """Go to the place listed after the current one (cyclically) that can be gone to; from
+        an unlisted place (the start), the first one. Without a listing, sorted targets.
+
+        A listed place that shares the current spot cannot be gone to; when searching inside
+        receptacles (`search_inside`) and it is closed, it is opened from here instead."""
+        reachable = {c[len("go to "):] for c in admissible if c.startswith("go to ")}
+        order = self.listing or sorted(reachable | {self.location} - {""})
+        if self.location in order:
+            at = order.index(self.location)
+            order = order[at + 1:] + order[:at]
+        for name in order:
+            if name in reachable:
                 return f"go to {name}"
-        self.visited.clear()  # searched everything once: search again from the start
-        return f"go to {candidates[0]}" if candidates else "look"
+            if search_inside and f"open {name}" in admissible:
+                return f"open {name}"
+        return f"go to {sorted(reachable)[0]}" if reachable else "look"
 
     def _goto_kind(self, admissible: list[str], kind: str) -> str:
         names = sorted(c[len("go to "):] for c in admissible if c.startswith("go to ") and kind_of(c[6:]) == kind)
-        return f"go to {names[0]}" if names else self._goto_next(admissible, None)
+        return f"go to {names[0]}" if names else self._goto_next(admissible)
 
     def _open_here(self, admissible: list[str]) -> str | None:
         command = f"open {self.location}"
@@ -68,6 +91,7 @@ class ExploringExpert:
     # -- policy -------------------------------------------------------------------------------
     def act(self, text: str, admissible: list[str]) -> str:
         """The next command; also updates the expert's own state as if the command succeeds."""
+        self.observe(text)
         command = self.choose(admissible)
         self.update(command)
         return command
@@ -76,13 +100,11 @@ class ExploringExpert:
         """Track the effect of an executed command (the expert's own or another policy's)."""
         if command.startswith("go to "):
             self.location = command[len("go to "):]
-            self.visited.add(self.location)
         elif command.startswith("take ") and self.phase == "find":
             obj = command[len("take "):].split(" from ")[0]
             if kind_of(obj) == self.target and obj not in self.placed:
                 self.holding = obj
                 self.phase = "tool" if self.task_type in _TOOLS else "lamp" if self.lamp and not self.parent else "place"
-                self._restart_search()
         elif command.startswith(("clean ", "heat ", "cool ")) and self.phase == "tool":
             if command.split(" ", 1)[1].startswith(f"{self.holding} with "):
                 self.phase = "place"
@@ -90,11 +112,6 @@ class ExploringExpert:
             self.placed.add(self.holding)
             self.holding = ""
             self.phase = "find" if len(self.placed) < self._needed() else "done"
-            self._restart_search()
-
-    def _restart_search(self) -> None:
-        # A new search starts where the agent stands: that place has just been seen.
-        self.visited = {self.location} if self.location else set()
 
     def _needed(self) -> int:
         return 2 if self.task_type == "pick_two_obj_and_place" else 1
@@ -107,7 +124,7 @@ class ExploringExpert:
                     obj = command[len("take "):].split(" from ")[0]
                     if kind_of(obj) == self.target and obj not in self.placed:
                         return command
-            return self._open_here(admissible) or self._goto_next(admissible, self.target)
+            return self._open_here(admissible) or self._goto_next(admissible, search_inside=True)
         if self.phase == "tool":
             verb, kind = _TOOLS[self.task_type]
             for command in sorted(admissible):
@@ -125,5 +142,5 @@ class ExploringExpert:
             for command in sorted(admissible):
                 if command.startswith(f"use {self.lamp} "):
                     return command
-            return self._goto_next(admissible, None)
+            return self._goto_next(admissible)
         return "look"

@@ -173,3 +173,16 @@ def discover_games(
             f"({len(found.skipped)} malformed files skipped). {GENERATE_HINT}"
         )
     return found
+
+
+def interleave_task_types(games: list[GameInfo]) -> list[GameInfo]:
+    """Games in round-robin order over task types (each type in its own order), so that any
+    prefix (a held-out set, a few warm-start demonstrations, a reduced eval set) holds every
+    type in equal shares instead of the first type of the path order only."""
+    by_type: dict[str, list[GameInfo]] = {}
+    for game in games:
+        by_type.setdefault(game.task_type, []).append(game)
+    order: list[GameInfo] = []
+    for k in range(max((len(b) for b in by_type.values()), default=0)):
+        order += [bucket[k] for bucket in by_type.values() if k < len(bucket)]
+    return order

@@ -45,7 +45,7 @@ class SuiteSpec:
 
     seed: int = 0
     """Seed of every random draw (templates, goals, placements)."""
-    n_train: int = 400
+    n_train: int = 2000
     """Train games (the real benchmark has 3,553)."""
     n_valid_seen: int = 140
     """valid_seen games: train rooms, new placements and goals (real: 140)."""
