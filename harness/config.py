@@ -79,9 +79,10 @@ class TinyConfig:
     teacher_hidden: int = 256
     student_layers: int = 4
     student_hidden: int = 128
-    teacher_sft_steps: int = 600
+    teacher_sft_steps: int = 800
+    renamed_copies: int = 1  # object-renamed copies of each teacher demonstration (harness/prepare.py)
     student_sft_steps: int = 150
-    student_demos: int = 24
+    student_demos: int = 48
     sft_batch_size: int = 8  # sequences per SFT step (whole episodes in the full layout)
     sft_lr: float = 5e-4
     judge_examples: int = 1500  # at most this many judge examples in the teacher's SFT data (0: no judge data)

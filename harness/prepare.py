@@ -10,6 +10,8 @@ at once) wait for one builder instead of racing, and the result is renamed into 
 from __future__ import annotations
 
 import fcntl
+import random
+import re
 import hashlib
 import json
 import os
@@ -22,7 +24,7 @@ import torch
 
 from harness.agent.prompt import PromptSettings
 from harness.envs import EnvPool, discover_games, interleave_task_types
-from harness.envs.demos import play_experts, save_jsonl
+from harness.envs.demos import load_jsonl, play_experts, save_jsonl
 from harness.sft import SFTSettings, action_accuracy, demo_data, train_sft
 from harness.tiny import (
     STUDENT_SPEC,
@@ -49,6 +51,10 @@ class TinySettings:
     heldout_demos: int = 20
     """Train episodes held out of the teacher's SFT to report its next-action accuracy per verb."""
     layout: str = "window"
+    renamed_copies: int = 1
+    """Copies of every teacher demonstration with the object names permuted and their numbers
+    renumbered, consistently within the episode: the teacher must then read which object the
+    task names and which number it has in view, instead of memorizing object/place pairs."""
     seed: int = 0
 
 
@@ -87,11 +93,63 @@ def collect_demos(suite_root: Path, path: Path, num_workers: int = 2, chunk: int
     return won
 
 
+_TAKE_RE = re.compile(r"^take ([a-z]+) \d+ from ")
+_USE_RE = re.compile(r"^use ([a-z]+) \d+$")
+_GO_RE = re.compile(r"^go to ([a-z]+) \d+$")
+
+
+def renamed_copies(episodes: list[dict], copies: int, seed: int = 0) -> list[dict]:
+    """`copies` renamed versions of each episode: object kinds (what can be taken or used, never
+    a place) permuted, and each kind's numbers 1-9 permuted, the same way in the task, every
+    observation, command and feedback of the episode. The expert's policy does not depend on
+    which object is which, so every copy is still an expert demonstration."""
+    places = {m.group(1) for e in episodes for t in e["turns"] for c in t["admissible"] for m in [_GO_RE.match(c)] if m}
+    objects = sorted({m.group(1) for e in episodes for t in e["turns"] for c in t["admissible"]
+                      for m in [_TAKE_RE.match(c) or _USE_RE.match(c)] if m} - places)
+    if len(objects) < 2:
+        return []
+    pattern = re.compile(r"\b(" + "|".join(sorted(objects, key=len, reverse=True)) + r")(?: (\d+))?\b")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(copies):
+        for episode in episodes:
+            shuffled = objects[:]
+            rng.shuffle(shuffled)
+            kinds = dict(zip(objects, shuffled, strict=True))
+            numbers = {o: dict(zip(map(str, range(1, 10)), map(str, rng.sample(range(1, 10), 9)), strict=True))
+                       for o in objects}
+
+            def swap(match: re.Match) -> str:
+                kind, number = match.group(1), match.group(2)
+                return kinds[kind] + ("" if number is None else " " + numbers[kind].get(number, number))
+
+            def sub(text: str) -> str:
+                return pattern.sub(swap, text)
+
+            out.append({**episode, "task": sub(episode["task"]), "renamed": True, "turns": [
+                {**t, "observation": sub(t["observation"]), "admissible": [sub(c) for c in t["admissible"]],
+                 "action": sub(t["action"]), "feedback": sub(t.get("feedback", ""))} for t in episode["turns"]]})
+    return out
+
+
+def cached_demos(suite_root: Path, cache: Path, log) -> list[dict]:
+    """The explorer's demonstrations of this suite, collected once per suite and explorer version
+    (every tiny pair of the suite reuses them; they take minutes to play)."""
+    suite = json.loads((suite_root / "suite.json").read_text()).get("hash", hashlib.sha256(
+        str(suite_root).encode()).hexdigest()[:16])
+    path = cache / f"demos-{suite}-v{PREPARE_VERSION}.jsonl"
+    if path.exists():
+        return load_jsonl(path)
+    started = time.perf_counter()
+    demos = collect_demos(suite_root, path)  # written atomically
+    log(f"prepare: {len(demos)} exploring-expert demonstrations ({time.perf_counter() - started:.0f} s)")
+    return demos
+
+
 def _build(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSettings,
            extra_teacher_data, extra_words: list[str], teacher_report, log) -> dict:
     started = time.perf_counter()
-    demos = collect_demos(suite_root, out / "demos.jsonl")
-    log(f"prepare: {len(demos)} exploring-expert demonstrations ({time.perf_counter() - started:.0f} s)")
+    demos = cached_demos(suite_root, out.parent, log)
     corpus = [e["task"] for e in demos] + [t["observation"] + " " + " ".join(t["admissible"]) + " " + t["feedback"]
                                            for e in demos for t in e["turns"]]
     tokenizer = build_tokenizer(corpus, extra_words=list(extra_words) + [
@@ -101,7 +159,8 @@ def _build(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSe
         raise ValueError(f"only {len(demos)} won demonstrations in {suite_root}: the suite needs more train games")
     held = min(settings.heldout_demos, max(1, len(demos) // 5))
     heldout, train = demos[:held], demos[held:]
-    teacher_data = demo_data(train, tokenizer, prompt, settings.layout)
+    teacher_data = demo_data(train + renamed_copies(train, settings.renamed_copies, settings.seed),
+                             tokenizer, prompt, settings.layout)
     if extra_teacher_data is not None:
         teacher_data += extra_teacher_data(tokenizer, train)
     heldout_data = demo_data(heldout, tokenizer, prompt, settings.layout)

@@ -50,3 +50,25 @@ def test_sft_learns_a_fixed_reply():
     after = action_accuracy(model, data, tokenizer, tokenizer.pad_token_id)
     assert before["go"] == 0.0 and after == {"go": 1.0, "all": 1.0}
     assert losses[-1] < 0.25 * losses[0] and torch.isfinite(torch.tensor(losses)).all()
+
+
+def test_full_layout_recovery_trains_only_the_expert_turns():
+    # one sequence as played: the invalid "dance" stays as context (mask 0), the recovery is trained
+    tokenizer = build_tokenizer(CORPUS, seed_words=[])
+    (datum,) = recovery_data([_episode()], tokenizer, PromptSettings(show_admissible=False), layout="full")
+    trained = [t for t, m in zip(datum.token_ids, datum.response_mask, strict=True) if m]
+    assert tokenizer.decode(trained, skip_special_tokens=True) == "go to cabinet 1"
+    assert len(trained) == 5 and set(i for i, m in zip(datum.turn_index, datum.response_mask, strict=True) if m) == {1}
+    assert "dance" in tokenizer.decode(datum.token_ids)  # executed, in the context
+
+
+def test_action_accuracy_counts_each_turn_of_a_full_datum():
+    # an untrained model is wrong on both turns; a full datum with two trained turns counts twice
+    tokenizer = build_tokenizer(CORPUS, seed_words=[])
+    episode = _episode()
+    episode.turns[0] = NoisyTurn("You are in the middle of a room.", "look", "Nothing happens.", "look", "expert", 0,
+                                 ADMISSIBLE)
+    (datum,) = recovery_data([episode], tokenizer, PromptSettings(show_admissible=False), layout="full")
+    model = build_tiny_model(TinyModelSpec(layers=1, hidden=32, heads=2, kv_heads=2, intermediate=64), tokenizer)
+    train_sft(model, [datum], SFTSettings(steps=80, batch_size=1, lr=3e-3, warmup_steps=5), tokenizer.pad_token_id)
+    assert action_accuracy(model, [datum], tokenizer, tokenizer.pad_token_id) == {"go": 1.0, "look": 1.0, "all": 1.0}

@@ -1,0 +1,45 @@
+"""The prepare stage's data helpers: object-renamed demonstration copies, task-type interleaving."""
+
+from __future__ import annotations
+
+from harness.envs import GameInfo, interleave_task_types
+from harness.prepare import renamed_copies
+
+
+def _demo(task: str, obj: str, other: str) -> dict:
+    return {"task": task, "turns": [
+        {"observation": f"On the desk 1, you see a {obj} 2, and a {other} 1.",
+         "admissible": ["go to bed 1", f"take {obj} 2 from desk 1", f"take {other} 1 from desk 1"],
+         "action": f"take {obj} 2 from desk 1", "feedback": f"You pick up the {obj} 2 from the desk 1."},
+        {"observation": "You arrive at bed 1.", "admissible": ["go to desk 1", f"move {obj} 2 to bed 1"],
+         "action": f"move {obj} 2 to bed 1", "feedback": f"You move the {obj} 2 to the bed 1."},
+    ]}
+
+
+def test_renamed_copies_permute_objects_and_numbers_consistently():
+    demos = [_demo("put a mug in bed.", "mug", "pen"), _demo("put a pen in bed.", "pen", "apple")]
+    copies = renamed_copies(demos, copies=2, seed=0)
+    assert len(copies) == 4 and all(c["renamed"] for c in copies)
+    assert renamed_copies(demos, copies=2, seed=0) == copies  # deterministic
+    for copy, source in zip(copies, demos * 2, strict=True):
+        take = copy["turns"][0]["action"].split()  # take <kind> <n> from desk 1
+        kind, number = take[1], take[2]
+        assert kind in {"mug", "pen", "apple"} and number in {str(n) for n in range(1, 10)}
+        # the task names the renamed object, the places keep their names and numbers
+        assert copy["task"] == f"put a {kind} in bed."
+        assert take[3:] == ["from", "desk", "1"]
+        assert copy["turns"][1]["action"] == f"move {kind} {number} to bed 1"
+        assert copy["turns"][0]["feedback"] == f"You pick up the {kind} {number} from the desk 1."
+        # the other object got another name: the permutation is a bijection
+        other = copy["turns"][0]["admissible"][2].split()[1]
+        assert other != kind
+        assert f"a {kind} {number}, and a {other} " in copy["turns"][0]["observation"]
+        assert copy["turns"][0]["admissible"][0] == "go to bed 1"
+    # over 4 copies, at least one name or number changed (3 objects, 9 numbers: no fixed point everywhere)
+    assert any(c["turns"][0]["action"] != s["turns"][0]["action"] for c, s in zip(copies, demos * 2, strict=True))
+
+
+def test_interleave_task_types_round_robin():
+    games = [GameInfo(f"{t}-{i}", t, "train", {}) for t, n in (("a", 3), ("b", 1), ("c", 2)) for i in range(n)]
+    order = [g.gamefile for g in interleave_task_types(games)]
+    assert order == ["a-0", "b-0", "c-0", "a-1", "c-1", "a-2"]
