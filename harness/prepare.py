@@ -10,11 +10,11 @@ at once) wait for one builder instead of racing, and the result is renamed into 
 from __future__ import annotations
 
 import fcntl
-import random
-import re
 import hashlib
 import json
 import os
+import random
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -119,11 +119,11 @@ def renamed_copies(episodes: list[dict], copies: int, seed: int = 0) -> list[dic
             numbers = {o: dict(zip(map(str, range(1, 10)), map(str, rng.sample(range(1, 10), 9)), strict=True))
                        for o in objects}
 
-            def swap(match: re.Match) -> str:
+            def swap(match: re.Match, kinds=kinds, numbers=numbers) -> str:
                 kind, number = match.group(1), match.group(2)
                 return kinds[kind] + ("" if number is None else " " + numbers[kind].get(number, number))
 
-            def sub(text: str) -> str:
+            def sub(text: str, swap=swap) -> str:
                 return pattern.sub(swap, text)
 
             out.append({**episode, "task": sub(episode["task"]), "renamed": True, "turns": [

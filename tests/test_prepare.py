@@ -21,7 +21,7 @@ def test_renamed_copies_permute_objects_and_numbers_consistently():
     copies = renamed_copies(demos, copies=2, seed=0)
     assert len(copies) == 4 and all(c["renamed"] for c in copies)
     assert renamed_copies(demos, copies=2, seed=0) == copies  # deterministic
-    for copy, source in zip(copies, demos * 2, strict=True):
+    for copy in copies:
         take = copy["turns"][0]["action"].split()  # take <kind> <n> from desk 1
         kind, number = take[1], take[2]
         assert kind in {"mug", "pen", "apple"} and number in {str(n) for n in range(1, 10)}
