@@ -55,6 +55,8 @@ class TinySettings:
     """Copies of every teacher demonstration with the object names permuted and their numbers
     renumbered, consistently within the episode: the teacher must then read which object the
     task names and which number it has in view, instead of memorizing object/place pairs."""
+    rename_lamps: bool = False
+    """Whether the copies also rename the lamps (`use X`): off, a lamp stays a lamp."""
     seed: int = 0
 
 
@@ -98,14 +100,17 @@ _USE_RE = re.compile(r"^use ([a-z]+) \d+$")
 _GO_RE = re.compile(r"^go to ([a-z]+) \d+$")
 
 
-def renamed_copies(episodes: list[dict], copies: int, seed: int = 0) -> list[dict]:
+def renamed_copies(episodes: list[dict], copies: int, seed: int = 0, rename_lamps: bool = False) -> list[dict]:
     """`copies` renamed versions of each episode: object kinds (what can be taken or used, never
     a place) permuted, and each kind's numbers 1-9 permuted, the same way in the task, every
     observation, command and feedback of the episode. The expert's policy does not depend on
     which object is which, so every copy is still an expert demonstration."""
     places = {m.group(1) for e in episodes for t in e["turns"] for c in t["admissible"] for m in [_GO_RE.match(c)] if m}
+    patterns = (_TAKE_RE, _USE_RE) if rename_lamps else (_TAKE_RE,)
+    lamps = set() if rename_lamps else {m.group(1) for e in episodes for t in e["turns"] for c in t["admissible"]
+                                         for m in [_USE_RE.match(c)] if m}
     objects = sorted({m.group(1) for e in episodes for t in e["turns"] for c in t["admissible"]
-                      for m in [_TAKE_RE.match(c) or _USE_RE.match(c)] if m} - places)
+                      for p in patterns for m in [p.match(c)] if m} - places - lamps)
     if len(objects) < 2:
         return []
     pattern = re.compile(r"\b(" + "|".join(sorted(objects, key=len, reverse=True)) + r")(?: (\d+))?\b")
@@ -159,7 +164,7 @@ def _build(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSe
         raise ValueError(f"only {len(demos)} won demonstrations in {suite_root}: the suite needs more train games")
     held = min(settings.heldout_demos, max(1, len(demos) // 5))
     heldout, train = demos[:held], demos[held:]
-    teacher_data = demo_data(train + renamed_copies(train, settings.renamed_copies, settings.seed),
+    teacher_data = demo_data(train + renamed_copies(train, settings.renamed_copies, settings.seed, settings.rename_lamps),
                              tokenizer, prompt, settings.layout)
     if extra_teacher_data is not None:
         teacher_data += extra_teacher_data(tokenizer, train)

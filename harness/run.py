@@ -84,7 +84,8 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
             student=TinyModelSpec(layers=t.student_layers, hidden=t.student_hidden, intermediate=4 * t.student_hidden),
             teacher_sft=SFTSettings(steps=t.teacher_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr),
             student_sft=SFTSettings(steps=t.student_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr, warmup_steps=20),
-            student_demos=t.student_demos, layout=cfg.prompt.layout, renamed_copies=t.renamed_copies, seed=0)
+            student_demos=t.student_demos, layout=cfg.prompt.layout, renamed_copies=t.renamed_copies,
+            rename_lamps=t.rename_lamps, seed=0)
         extras, keys, words, report = [], [], (), None
         if t.judge_examples > 0:  # judge examples join the teacher's SFT data (cpu_benchmark.md)
             from harness.judge import judge_vocabulary

@@ -43,3 +43,15 @@ def test_interleave_task_types_round_robin():
     games = [GameInfo(f"{t}-{i}", t, "train", {}) for t, n in (("a", 3), ("b", 1), ("c", 2)) for i in range(n)]
     order = [g.gamefile for g in interleave_task_types(games)]
     assert order == ["a-0", "b-0", "c-0", "a-1", "c-1", "a-2"]
+
+
+def test_renamed_copies_keep_lamps_unless_asked():
+    demo = _demo("look at mug under the desklamp.", "mug", "pen")
+    demo["turns"][1] = {"observation": "On the desk 1, you see a desklamp 1.", "admissible": ["use desklamp 1"],
+                        "action": "use desklamp 1", "feedback": "You turn on the desklamp 1."}
+    kept = renamed_copies([demo], copies=3, seed=1)
+    assert all(c["turns"][1]["action"] == "use desklamp 1" and c["task"].endswith("under the desklamp.") for c in kept)
+    assert {c["turns"][0]["action"].split()[1] for c in kept} <= {"mug", "pen"}
+    renamed = renamed_copies([demo], copies=3, seed=1, rename_lamps=True)
+    lamps = {c["turns"][1]["action"].split()[1] for c in renamed}
+    assert lamps <= {"mug", "pen", "desklamp"} and lamps != {"desklamp"}
