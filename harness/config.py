@@ -81,7 +81,7 @@ class TinyConfig:
     student_hidden: int = 128
     teacher_sft_steps: int = 800
     renamed_copies: int = 1  # object-renamed copies of each teacher demonstration (harness/prepare.py)
-    rename_lamps: bool = True  # the copies rename the lamps too (a lamp then stops being a lamp; false is being measured)
+    rename_lamps: bool = False  # the copies rename the lamps too (a lamp then stops being a lamp)
     student_sft_steps: int = 150
     student_demos: int = 48
     sft_batch_size: int = 8  # sequences per SFT step (whole episodes in the full layout)
