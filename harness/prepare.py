@@ -70,8 +70,16 @@ class TinyPair:
     report: dict
 
 
+def _suite_id(suite_root: Path) -> str:
+    """The generated suite's hash; for other game folders (a real download), a hash of the path."""
+    summary = suite_root / "suite.json"
+    if summary.exists() and "hash" in (data := json.loads(summary.read_text())):
+        return data["hash"]
+    return hashlib.sha256(str(suite_root.resolve()).encode()).hexdigest()[:16]
+
+
 def _cache_key(suite_root: Path, settings: TinySettings, prompt: PromptSettings, extra_key: str) -> str:
-    suite = json.loads((suite_root / "suite.json").read_text()).get("hash", str(suite_root))
+    suite = _suite_id(suite_root)
     blob = json.dumps({"v": PREPARE_VERSION, "suite": suite, "settings": asdict(settings),
                        "prompt": asdict(prompt), "extra": extra_key}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -140,9 +148,7 @@ def renamed_copies(episodes: list[dict], copies: int, seed: int = 0, rename_lamp
 def cached_demos(suite_root: Path, cache: Path, log) -> list[dict]:
     """The explorer's demonstrations of this suite, collected once per suite and explorer version
     (every tiny pair of the suite reuses them; they take minutes to play)."""
-    suite = json.loads((suite_root / "suite.json").read_text()).get("hash", hashlib.sha256(
-        str(suite_root).encode()).hexdigest()[:16])
-    path = cache / f"demos-{suite}-v{PREPARE_VERSION}.jsonl"
+    path = cache / f"demos-{_suite_id(suite_root)}-v{PREPARE_VERSION}.jsonl"
     if path.exists():
         return load_jsonl(path)
     started = time.perf_counter()

@@ -55,3 +55,14 @@ def test_renamed_copies_keep_lamps_unless_asked():
     renamed = renamed_copies([demo], copies=3, seed=1, rename_lamps=True)
     lamps = {c["turns"][1]["action"].split()[1] for c in renamed}
     assert lamps <= {"mug", "pen", "desklamp"} and lamps != {"desklamp"}
+
+
+def test_suite_id_reads_the_generated_hash_or_hashes_the_path(tmp_path):
+    from harness.prepare import _suite_id
+
+    (tmp_path / "gen").mkdir()
+    (tmp_path / "gen" / "suite.json").write_text('{"hash": "135f51c09b220bf8"}')
+    assert _suite_id(tmp_path / "gen") == "135f51c09b220bf8"
+    real = tmp_path / "alfworld"  # a real download has no suite.json
+    real.mkdir()
+    assert len(_suite_id(real)) == 16 and _suite_id(real) != _suite_id(tmp_path)
