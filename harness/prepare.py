@@ -78,11 +78,24 @@ def _suite_id(suite_root: Path) -> str:
     return hashlib.sha256(str(suite_root.resolve()).encode()).hexdigest()[:16]
 
 
+STUDENT_FIELDS = ("student", "student_sft", "student_demos")
+
+
+def _hash(blob: dict) -> str:
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _cache_key(suite_root: Path, settings: TinySettings, prompt: PromptSettings, extra_key: str) -> str:
-    suite = _suite_id(suite_root)
-    blob = json.dumps({"v": PREPARE_VERSION, "suite": suite, "settings": asdict(settings),
-                       "prompt": asdict(prompt), "extra": extra_key}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    """The teacher's key: everything that made it (the student's fields excluded)."""
+    teacher = {k: v for k, v in asdict(settings).items() if k not in STUDENT_FIELDS}
+    return _hash({"v": PREPARE_VERSION, "suite": _suite_id(suite_root), "settings": teacher,
+                  "prompt": asdict(prompt), "extra": extra_key})
+
+
+def _student_key(teacher_key: str, settings: TinySettings) -> str:
+    """The student's key: its teacher's key (the tokenizer and demonstrations) and its own fields."""
+    return _hash({"v": PREPARE_VERSION, "teacher": teacher_key,
+                  "student": {k: v for k, v in asdict(settings).items() if k in STUDENT_FIELDS}})
 
 
 def collect_demos(suite_root: Path, path: Path, num_workers: int = 2, chunk: int = 128) -> list[dict]:
@@ -157,8 +170,34 @@ def cached_demos(suite_root: Path, cache: Path, log) -> list[dict]:
     return demos
 
 
-def _build(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSettings,
-           extra_teacher_data, extra_words: list[str], teacher_report, log) -> dict:
+def _split(demos: list[dict], settings: TinySettings) -> tuple[list[dict], list[dict]]:
+    """(held out, train): the first demonstrations (every task type, interleaved) are held out."""
+    if len(demos) < 2:
+        raise ValueError(f"only {len(demos)} won demonstrations: the suite needs more train games")
+    held = min(settings.heldout_demos, max(1, len(demos) // 5))
+    return demos[:held], demos[held:]
+
+
+def _sft(role: str, spec: TinyModelSpec, sft: SFTSettings, data, heldout_data, tokenizer, out: Path,
+         seed: int, log) -> tuple[dict, object]:
+    t0 = time.perf_counter()
+    model = build_tiny_model(spec, tokenizer, seed=seed)
+    params = sum(p.numel() for p in model.parameters())
+    every = max(1, sft.steps // 10)
+    losses = train_sft(model, data, sft, tokenizer.pad_token_id,
+                       log=lambda r: r["step"] % every == 0 and log(
+                           f"prepare: {role} sft step {r['step']}/{sft.steps} loss {r['loss']:.3f}"))
+    accuracy = action_accuracy(model, heldout_data, tokenizer, tokenizer.pad_token_id)
+    save_tiny(model, tokenizer, out / role, spec)
+    report = {"params": params, "sft_examples": len(data), "final_loss": losses[-1],
+              "heldout_action_accuracy": accuracy, "build_s": time.perf_counter() - t0}
+    log(f"prepare: {role} ({params / 1e6:.2f}M params) built in {report['build_s']:.0f} s; "
+        f"held-out next-action exact match: " + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
+    return report, model
+
+
+def _build_teacher(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSettings,
+                   extra_teacher_data, extra_words: list[str], teacher_report, log) -> dict:
     started = time.perf_counter()
     demos = cached_demos(suite_root, out.parent, log)
     corpus = [e["task"] for e in demos] + [t["observation"] + " " + " ".join(t["admissible"]) + " " + t["feedback"]
@@ -166,40 +205,50 @@ def _build(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSe
     tokenizer = build_tokenizer(corpus, extra_words=list(extra_words) + [
         "your", "task", "is", "to", "observation", "action", "admissible", "actions", "you", "have", "taken",
         "steps", "last"])
-    if len(demos) < 2:
-        raise ValueError(f"only {len(demos)} won demonstrations in {suite_root}: the suite needs more train games")
-    held = min(settings.heldout_demos, max(1, len(demos) // 5))
-    heldout, train = demos[:held], demos[held:]
+    heldout, train = _split(demos, settings)
     teacher_data = demo_data(train + renamed_copies(train, settings.renamed_copies, settings.seed, settings.rename_lamps),
                              tokenizer, prompt, settings.layout)
     if extra_teacher_data is not None:
         teacher_data += extra_teacher_data(tokenizer, train)
     heldout_data = demo_data(heldout, tokenizer, prompt, settings.layout)
     report: dict = {"demos": len(demos), "teacher_examples": len(teacher_data), "vocab": len(tokenizer)}
-
-    for role, spec, sft, data in (
-        ("teacher", settings.teacher, settings.teacher_sft, teacher_data),
-        ("student", settings.student, settings.student_sft,
-         demo_data(train[: settings.student_demos], tokenizer, prompt, settings.layout)),
-    ):
-        t0 = time.perf_counter()
-        model = build_tiny_model(spec, tokenizer, seed=settings.seed)
-        params = sum(p.numel() for p in model.parameters())
-        every = max(1, sft.steps // 10)
-        losses = train_sft(model, data, sft, tokenizer.pad_token_id,
-                           log=lambda r, role=role, every=every, total=sft.steps: r["step"] % every == 0 and log(
-                               f"prepare: {role} sft step {r['step']}/{total} loss {r['loss']:.3f}"))
-        accuracy = action_accuracy(model, heldout_data, tokenizer, tokenizer.pad_token_id)
-        save_tiny(model, tokenizer, out / role, spec)
-        if role == "teacher" and teacher_report is not None:
-            report["teacher_judge"] = teacher_report(model, tokenizer)
-            log(f"prepare: teacher judge accuracy on held-out turns: {report['teacher_judge']}")
-        report[role] = {"params": params, "sft_examples": len(data), "final_loss": losses[-1],
-                        "heldout_action_accuracy": accuracy, "build_s": time.perf_counter() - t0}
-        log(f"prepare: {role} ({params / 1e6:.2f}M params) built in {report[role]['build_s']:.0f} s; "
-            f"held-out next-action exact match: " + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
-    report["total_s"] = time.perf_counter() - started
+    report["teacher"], teacher = _sft("teacher", settings.teacher, settings.teacher_sft, teacher_data, heldout_data,
+                                      tokenizer, out, settings.seed, log)
+    if teacher_report is not None:
+        report["teacher_judge"] = teacher_report(teacher, tokenizer)
+        log(f"prepare: teacher judge accuracy on held-out turns: {report['teacher_judge']}")
+    report["teacher_total_s"] = time.perf_counter() - started
     return report
+
+
+def _build_student(suite_root: Path, out: Path, teacher_dir: Path, settings: TinySettings,
+                   prompt: PromptSettings, log) -> dict:
+    from harness.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(teacher_dir / "teacher"))
+    heldout, train = _split(cached_demos(suite_root, teacher_dir.parent, log), settings)
+    data = demo_data(train[: settings.student_demos], tokenizer, prompt, settings.layout)
+    report, _ = _sft("student", settings.student, settings.student_sft, data,
+                     demo_data(heldout, tokenizer, prompt, settings.layout), tokenizer, out, settings.seed + 1, log)
+    return {"student": report}
+
+
+def _cached(base: Path, key: str, build) -> dict:
+    """Run `build(tmp_dir) -> report` once per key: a file lock makes concurrent jobs (a Slurm array
+    starting at once) wait for one builder, and the result is renamed into place."""
+    final = base / key
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (final / "report.json").exists():
+            tmp = base / f".{key}.{os.getpid()}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            report = build(tmp)
+            (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+    return json.loads((final / "report.json").read_text())
 
 
 def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = None,
@@ -207,6 +256,10 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
                  extra_teacher_data=None, extra_key: str = "", extra_words: tuple[str, ...] = (),
                  teacher_report=None, log=print) -> TinyPair:
     """Build (or reuse) the tiny teacher/student pair for this suite; safe under concurrency.
+
+    Two cached stages: the teacher (and the shared tokenizer) under `teacher-<key>`, keyed by
+    everything that made it; the student under `<key>`, keyed by the teacher's key and its own
+    fields, so a new warm-start setting costs the student's minutes, not the teacher's.
 
     extra_teacher_data: optional callable (tokenizer, train_episodes) -> list[Datum] joined to the
     teacher's SFT data (the judge examples); `extra_key` must name it for the cache key;
@@ -218,21 +271,19 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
     from harness.models import cache_root as default_cache
 
     base = Path(cache_root) if cache_root else default_cache() / "tiny"
-    key = _cache_key(suite_root, settings, prompt, extra_key + "|" + ",".join(extra_words))
-    final = base / key
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others wait, then reuse
-        if not (final / "report.json").exists():
-            tmp = base / f".{key}.{os.getpid()}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+    teacher_key = _cache_key(suite_root, settings, prompt, extra_key + "|" + ",".join(extra_words))
+    teacher_dir = base / f"teacher-{teacher_key}"
+
+    def seeded(build):
+        def run(tmp: Path) -> dict:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(settings.seed)
-                report = _build(suite_root, tmp, settings, prompt, extra_teacher_data, list(extra_words),
-                                teacher_report, log)
-            (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-    report = json.loads((final / "report.json").read_text())
-    return TinyPair(final, final / "teacher", final / "student", report)
+                return build(tmp)
+        return run
+
+    report = _cached(base, teacher_dir.name, seeded(lambda tmp: _build_teacher(
+        suite_root, tmp, settings, prompt, extra_teacher_data, list(extra_words), teacher_report, log)))
+    student_key = _student_key(teacher_key, settings)
+    report = {**report, **_cached(base, student_key, seeded(lambda tmp: _build_student(
+        suite_root, tmp, teacher_dir, settings, prompt, log)))}
+    return TinyPair(base / student_key, teacher_dir / "teacher", base / student_key / "student", report)

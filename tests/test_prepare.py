@@ -66,3 +66,41 @@ def test_suite_id_reads_the_generated_hash_or_hashes_the_path(tmp_path):
     real = tmp_path / "alfworld"  # a real download has no suite.json
     real.mkdir()
     assert len(_suite_id(real)) == 16 and _suite_id(real) != _suite_id(tmp_path)
+
+
+def test_a_new_student_setting_reuses_the_cached_teacher(small_suite, tmp_path):
+    """Two cached stages: changing only the student's warm start builds a new student next to the
+    same teacher (teacher SFT is the expensive part); changing the teacher rebuilds both."""
+    from harness.prepare import TinySettings, prepare_tiny
+    from harness.sft import SFTSettings
+    from harness.tiny import TinyModelSpec
+
+    def settings(**kw):
+        base = dict(teacher=TinyModelSpec(layers=1, hidden=32, intermediate=64),
+                    student=TinyModelSpec(layers=1, hidden=16, intermediate=32),
+                    teacher_sft=SFTSettings(steps=2, batch_size=4), student_sft=SFTSettings(steps=1, batch_size=4),
+                    student_demos=2, heldout_demos=2, renamed_copies=0, layout="full")  # one datum per episode
+        return TinySettings(**{**base, **kw})
+
+    logs: list[str] = []
+    first = prepare_tiny(small_suite, settings(), cache_root=tmp_path, log=logs.append)
+    assert sum(m.startswith("prepare: teacher (") for m in logs) == 1
+    assert sum(m.startswith("prepare: student (") for m in logs) == 1
+    assert first.teacher.parent.name.startswith("teacher-") and first.student.parent == first.root
+    assert first.report["student"]["sft_examples"] == 2 and "teacher" in first.report
+
+    logs.clear()
+    again = prepare_tiny(small_suite, settings(), cache_root=tmp_path, log=logs.append)
+    assert logs == [] and again == first  # both cached
+
+    more = prepare_tiny(small_suite, settings(student_demos=3), cache_root=tmp_path, log=logs.append)
+    assert [m.split(" (")[0] for m in logs if " (" in m] == ["prepare: student"]  # the teacher is reused
+    assert more.teacher == first.teacher and more.student != first.student
+    assert more.report["student"]["sft_examples"] == 3
+
+    logs.clear()
+    other = prepare_tiny(small_suite, settings(teacher_sft=SFTSettings(steps=3, batch_size=4)),
+                         cache_root=tmp_path, log=logs.append)
+    assert other.teacher != first.teacher and other.student != first.student
+    assert sum(m.startswith("prepare: teacher (") for m in logs) == 1
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary dir was left"

@@ -106,12 +106,15 @@ def test_slurm_sweep_of_three_methods_prepares_once(slurm_cluster: SlurmCluster,
 
     # Shared preparation: one suite and one tiny pair in the fresh cache, built by one job.
     (suite,) = [p for p in (cache / "games").iterdir() if p.is_dir()]
-    (pair,) = [p for p in (cache / "tiny").iterdir() if p.is_dir()]
+    (teacher, pair) = sorted(p for p in (cache / "tiny").iterdir() if p.is_dir())[::-1]
+    assert teacher.name.startswith("teacher-"), teacher
     assert not suite.name.startswith(".") and not pair.name.startswith("."), "a temporary dir was left"
     assert {r["models"]["student"] for r in records.values()} == {str(pair / "student")}
+    assert {r["models"]["teacher"] for r in records.values()} == {str(teacher / "teacher")}
     assert {r["versions"]["suite_hash"] for r in records.values()} == {suite.name}
-    builders = [job_id for job_id, p in logs.items() if "prepare: teacher (" in p.read_text()]
-    assert len(builders) == 1, f"the tiny pair was built by {builders}, not by exactly one job"
+    for role in ("teacher", "student"):
+        builders = [job_id for job_id, p in logs.items() if f"prepare: {role} (" in p.read_text()]
+        assert len(builders) == 1, f"the tiny {role} was built by {builders}, not by exactly one job"
 
 
 def test_requeued_training_jobs_resume_and_match_an_uninterrupted_run(
