@@ -176,6 +176,7 @@ def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
     if finished is not None:  # a requeued or repeated job: the result stands, nothing is redone
         log(f"{run_dir} already holds a complete result; not redoing it")
         return finished
+    _check_resumable(run_dir, config)
     write_json(run_dir / "config.json", config)
     torch.manual_seed(cfg.seed)
     suite_hash = None
@@ -235,6 +236,33 @@ def _finished(run_dir: Path, config: dict) -> dict | None:
         return None
     same = record.get("config") == json.loads(json.dumps(config, default=str))
     return record if record.get("status") == "complete" and same else None
+
+
+RESUME_MAY_CHANGE = ("train.stop_after",)
+"""Config keys a resumed run may change (everything else must match its checkpoint's run)."""
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def _check_resumable(run_dir: Path, config: dict) -> None:
+    """A run dir holding a checkpoint resumes only under the config that made it: otherwise a
+    changed default (a new tiny pair, another lr) would silently continue an old run."""
+    from harness import checkpoint
+
+    previous = run_dir / "config.json"
+    if not previous.exists() or not (run_dir / "checkpoints" / "latest").exists():
+        return
+    old, new = _flat(json.loads(previous.read_text())), _flat(json.loads(json.dumps(config, default=str)))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
+    if changed:
+        shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise ValueError(f"{run_dir} holds a checkpoint ({checkpoint.latest(run_dir).name}) of a run with another "
+                         f"config ({len(changed)} keys differ: {shown}). Resuming would mix the two: "
+                         f"use another run dir, or delete {run_dir} to start over.")
 
 
 def _method_knobs(cfg) -> dict:

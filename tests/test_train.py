@@ -35,6 +35,9 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     stopped = run(compose_config(overrides + ["train.stop_after=1"]), parts)
     assert stopped == {"status": "stopped", "step": 1}
     assert not (parts / "result.json").exists()
+    # another config must not continue this checkpoint (a changed default would mix two runs)
+    with pytest.raises(ValueError, match=r"holds a checkpoint \(step-1\).*train\.lr: 0\.0001 -> 0\.001"):
+        run(compose_config(overrides + ["train.lr=1e-3"]), parts)
     # a crash after the metrics line of step 1 but before its checkpoint: resume rewrites it
     with open(parts / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 1, "loss": 123.0}) + "\n")
