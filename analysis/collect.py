@@ -25,6 +25,8 @@ TASK_TYPES = {
 DEGENERACY = ("repeated_action_rate", "invalid_action_rate", "mean_turns")
 # Order of rows and display names; `names=` overrides or extends it.
 METHOD_NAMES = {
+    "teacher": "Teacher (reference)",
+    "warm_start": "Student warm start",
     "sft": "SFT",
     "opd": "OPD",
     "gkd": "GKD",
@@ -34,6 +36,8 @@ METHOD_NAMES = {
     "no_norm": "w/o normalization",
     "oracle_gate": "Oracle gate",
 }
+# Reference rows: a result.json's extra evaluations, each shown as a row of its own.
+REFERENCE_EVALS = {"teacher_eval": "teacher", "initial_eval": "warm_start"}
 # Used only when a result.json lacks the `verifier_free` flag.
 NOT_VERIFIER_FREE = {"oracle_gate"}
 # Keys that name places or jobs: they differ between runs without changing the experiment.
@@ -178,10 +182,30 @@ def _eval_columns(evaluation: dict) -> dict[str, float]:
     return row
 
 
-def load_run(run_dir: Path, root: Path) -> tuple[dict | None, Excluded | None, list[str]]:
-    """One run directory -> (runs-DataFrame row, None, notes) or (None, why excluded, notes).
+def load_run(run_dir: Path, root: Path) -> tuple[list[dict], Excluded | None, list[str]]:
+    """One run directory -> (runs-DataFrame rows, None, notes) or ([], why excluded, notes).
 
-    The run is named by its path relative to `root`."""
+    The run is named by its path relative to `root`. Its own evaluation is one row; the
+    reference evaluations of its result.json (`teacher_eval`, `initial_eval`) are rows of the
+    methods `teacher` and `warm_start`."""
+    row, why, notes = _load_run(run_dir, root)
+    if row is None:
+        return [], why, notes
+    row["reference"] = row["method"] in REFERENCE_EVALS.values()  # e.g. mode=eval of the untrained student
+    rows = [row]
+    result = json.loads((run_dir / "result.json").read_text())
+    for key, method in REFERENCE_EVALS.items():
+        if isinstance(result.get(key), dict):
+            try:
+                rows.append({**{k: v for k, v in row.items() if not k.startswith(SPLITS + ("all.",))},
+                             **_eval_columns(result[key]), "method": method, "verifier_free": True,
+                             "reference": True, "wall_time_s": None})
+            except (ValueError, AttributeError, TypeError) as err:
+                notes.append(f"{row['run']}: {key} left out, malformed: {err}")
+    return rows, None, notes
+
+
+def _load_run(run_dir: Path, root: Path) -> tuple[dict | None, Excluded | None, list[str]]:
     name = str(run_dir.relative_to(root))
     notes: list[str] = []
     config, config_error = ({}, None)
@@ -269,11 +293,10 @@ def collect(sweep_dirs: Sequence[str | Path], names: dict[str, str] | None = Non
     rows, excluded, notes = [], [], []
     for run_dir in run_dirs:
         root = next(r for r in roots if run_dir.is_relative_to(r))
-        row, why, run_notes = load_run(run_dir, root.parent)
+        found, why, run_notes = load_run(run_dir, root.parent)
         notes += run_notes
-        if row is not None:
-            rows.append(row)
-        else:
+        rows += found
+        if why is not None:
             excluded.append(why)
     runs = pd.DataFrame(rows)
     if runs.empty:
@@ -332,7 +355,7 @@ def collect(sweep_dirs: Sequence[str | Path], names: dict[str, str] | None = Non
     runs = runs.sort_values(["group", "order", "label", "seed"], ignore_index=True)
 
     curve_frames = []
-    for _, run in runs.iterrows():
+    for _, run in runs[~runs["reference"]].iterrows():  # a reference row's curves are its run's
         path = Path(run["run_dir"]) / "metrics.jsonl"
         if not path.exists():
             notes.append(f"{run['run']}: no metrics.jsonl, so no training curves for this run")

@@ -11,7 +11,7 @@ import pandas as pd
 
 from analysis.collect import DEGENERACY, SPLITS, TASK_TYPES, col
 
-ROW_KEYS = ["group", "order", "label", "method", "verifier_free"]
+ROW_KEYS = ["group", "order", "label", "method", "verifier_free", "reference"]
 SPLIT_HEADERS = {"valid_seen": "Seen", "valid_unseen": "Unseen", "all": "All"}
 ABLATIONS = ("no_gate", "no_conf", "no_norm")
 DAGGER_NOTE = "† Not verifier-free: the gate reads the environment's success signal (an upper bound)."
@@ -55,7 +55,7 @@ def aggregate(runs: pd.DataFrame, columns: dict[str, str], scale: dict[str, floa
 
 def _notes(stats: pd.DataFrame) -> list[str]:
     notes = []
-    fewer = stats["n_seeds"] < stats.groupby("group")["n_seeds"].transform("max")
+    fewer = ~stats["reference"] & (stats["n_seeds"] < stats.groupby("group")["n_seeds"].transform("max"))
     if fewer.any():
         notes.append("‡ Fewer seeds than the other methods of the table; report.md lists the missing runs.")
     if not stats["verifier_free"].all():
@@ -154,7 +154,8 @@ def cells(table: Table) -> list[tuple[str, list[tuple[str, list[str], list[bool]
         bold = {}
         for c in table.columns:
             # Python's round on both sides, so bold matches what the .1f text shows.
-            eligible = [round(v, 1) for v in rows.loc[rows["verifier_free"], c.key].dropna()]
+            # reference rows (the teacher, the warm start) are context, never "best"
+            eligible = [round(v, 1) for v in rows.loc[rows["verifier_free"] & ~rows["reference"], c.key].dropna()]
             bold[c.key] = (max(eligible) if c.best == "max" else min(eligible)) \
                 if c.best and len(eligible) >= 2 else None
         most = rows["n_seeds"].max()
@@ -162,8 +163,9 @@ def cells(table: Table) -> list[tuple[str, list[tuple[str, list[str], list[bool]
         for _, row in rows.iterrows():
             texts = [_cell(row[c.key], row.get(f"{c.key}_std", math.nan), c.signed) for c in table.columns]
             flags = [bold[c.key] is not None and not math.isnan(row[c.key]) and row["verifier_free"]
+                     and not row["reference"]
                      and round(row[c.key], 1) == bold[c.key] for c in table.columns]
-            texts.append(f"{row['n_seeds']}" + (" ‡" if row["n_seeds"] < most else ""))
+            texts.append(f"{row['n_seeds']}" + (" ‡" if row["n_seeds"] < most and not row["reference"] else ""))
             body.append((row["label"], texts, flags + [False]))
         out.append((group, body))
     return out

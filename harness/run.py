@@ -213,7 +213,9 @@ def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
                 raise ValueError(f"mode must be train, eval or prepare, not {cfg.mode!r}")
             evaluation = evaluate(models.student, models.tokenizer, root, cfg, pool, prompt, log,
                                   run_dir / "eval_episodes.jsonl")
-        write_result(run_dir, status="complete", method=method.name, seed=cfg.seed, verifier_free=method.verifier_free,
+        # mode=eval without a checkpoint evaluates the untrained (warm-start) student: say so
+        evaluated = "warm_start" if cfg.mode == "eval" and not cfg.checkpoint else method.name
+        write_result(run_dir, status="complete", method=evaluated, seed=cfg.seed, verifier_free=method.verifier_free,
                      config=config, versions_=versions(suite_hash), evaluation=evaluation,
                      wall_time_s=time.perf_counter() - started, extra=extra)
         return json.loads((run_dir / "result.json").read_text())

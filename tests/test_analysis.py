@@ -122,6 +122,27 @@ def test_main_table_every_cell(sweep: Path) -> None:
     assert list(rows) == ["Method", "SFT", "OPD", "SAGE-OPD", "w/o gating", "Oracle gate†"]
 
 
+def test_reference_rows_teacher_and_warm_start(sweep: Path) -> None:
+    """A `mode=eval eval.eval_teacher=true` run records the warm-start student as its own eval and
+    the teacher under `teacher_eval`: two reference rows, never bold, never flagged for seeds,
+    without training curves; the methods' rows and bold are unchanged."""
+    ref = write_run(sweep / "ref", "warm_start", 0, 0.2, 0.1, extra_config={"mode": "eval"})
+    record = json.loads((ref / "result.json").read_text())
+    record["teacher_eval"] = {"valid_seen": split_block(0.9, 30, "valid_seen"),
+                              "valid_unseen": split_block(0.7, 10, "valid_unseen")}
+    (ref / "result.json").write_text(json.dumps(record))
+    (ref / "metrics.jsonl").unlink()  # an eval run trains nothing
+    collection = collect([sweep])
+    rows = markdown_rows(to_markdown(main_table(collection.runs)))
+    # teacher: All = (90 * 30 + 70 * 10) / 40 = 85.0; rel. impr. = 100 (70 - 50) / 50 = +40.0
+    assert rows["Teacher (reference)"] == ["90.0", "70.0", "85.0", "+40.0", "1"]
+    assert rows["Student warm start"] == ["20.0", "10.0", "17.5", "-80.0", "1"]
+    assert list(rows)[:3] == ["Method", "Teacher (reference)", "Student warm start"]
+    assert rows["SAGE-OPD"][:3] == ["**60.0 ± 0.0**", "**60.0 ± 10.0**", "**60.0 ± 2.5**"]
+    assert set(collection.curves["method"]) == {"opd", "sage", "no_gate", "sft", "oracle_gate"}
+    assert not any("no metrics.jsonl" in n for n in collection.notes if "ref" in n and "teacher" in n)
+
+
 def test_std_of_one_and_three_seeds_and_numbers_in_csv(sweep: Path) -> None:
     table = main_table(collect([sweep]).runs)
     stats = table.stats.set_index("method")
