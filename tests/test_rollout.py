@@ -288,3 +288,50 @@ def test_planner_next_action_is_recorded_for_the_oracle_gate(world):
         turn = wandering[0].turns[k]
         assert turn.expert_action in turn.admissible
         assert label == (2 if (not turn.admissible_action or turn.repeated) else 0 if turn.action == turn.expert_action else 1)
+
+
+def test_growing_cache_layer_equals_dynamic_layer_and_grows_by_doubling():
+    """The rollout's key/value cache layer holds what transformers' DynamicLayer holds after any
+    sequence of appends and batch selections, but appends in place: its buffer is reallocated
+    only when full (capacity doubles), not on every decode step."""
+    from transformers.cache_utils import DynamicLayer
+
+    from harness.agent.rollout import GrowingLayer
+
+    gen = torch.Generator().manual_seed(0)
+    growing, dynamic = GrowingLayer(), DynamicLayer()
+    capacities, pointers = [], []
+    batch = 3
+    for step, length in enumerate([40, 1, 1, 30, 1, 1, 1, 50, 1, 200, 1]):
+        if step == 5:  # an env finished: rows 0 and 2 stay
+            keep = torch.tensor([0, 2])
+            growing.batch_select_indices(keep)
+            dynamic.batch_select_indices(keep)
+            batch = 2
+        k, v = torch.randn(batch, 2, length, 4, generator=gen), torch.randn(batch, 2, length, 4, generator=gen)
+        got, want = growing.update(k, v), dynamic.update(k, v)
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
+        assert growing.get_seq_length() == dynamic.get_seq_length()
+        capacities.append(growing._buffer[0].shape[-2])
+        pointers.append(growing._buffer[0].data_ptr())
+    # 40 -> a buffer of 2 x 40 = 80; 41, 42, 72, 73 fit. The selection copies 73 positions out,
+    # +1 = 74 -> 148; 75, 125, 126 fit; 326 -> 652; 327 fits.
+    assert capacities == [80] * 5 + [148] * 4 + [652] * 2
+    assert growing.get_seq_length() == 327
+    for k in range(1, len(pointers)):  # the same capacity is the same buffer, written in place
+        if capacities[k] == capacities[k - 1] and k != 5:  # (step 5 selected rows: a new buffer)
+            assert pointers[k] == pointers[k - 1], k
+
+
+def test_rollout_uses_the_growing_cache_only_for_full_attention_models(world):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from harness.agent.rollout import GrowingLayer, growing_cache
+
+    cache = growing_cache(world["model"])
+    assert cache is not None and cache.layer_class_to_replicate is GrowingLayer
+    sliding = AutoConfig.for_model("mistral", vocab_size=32, hidden_size=16, intermediate_size=32,
+                                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                   sliding_window=8)
+    assert growing_cache(AutoModelForCausalLM.from_config(sliding)) is None
