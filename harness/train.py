@@ -100,8 +100,10 @@ def _micro_batches(data: list[Datum], size: int) -> list[list[Datum]]:
 
 
 def train_step(step: int, cfg, models: Models, method: Method, games: list[GameInfo], pool: EnvPool,
-               optimizer, scheduler, judge=None, prompt: PromptSettings | None = None) -> dict:
-    """One optimizer step; returns its metrics line."""
+               optimizer, scheduler, judge=None, prompt: PromptSettings | None = None,
+               next_games: list[GameInfo] | None = None) -> dict:
+    """One optimizer step; returns its metrics line. `next_games` (the next step's) are loaded and
+    reset in the env workers while this step scores and updates (the workers are idle then)."""
     times = {"rollout": 0.0, "scoring": 0.0, "judge": 0.0, "update": 0.0}
     started = time.perf_counter()
     settings = RolloutSettings(layout=cfg.prompt.layout, temperature=cfg.train.temperature, top_p=cfg.train.top_p,
@@ -121,6 +123,8 @@ def train_step(step: int, cfg, models: Models, method: Method, games: list[GameI
         success = sum(t.won for t in trajectories) / len(trajectories)
         invalid = sum(t.invalid_actions for t in trajectories) / turns
         repeated = sum(t.repeated_actions for t in trajectories) / turns
+    if next_games:
+        pool.preload([g.gamefile for g in next_games])
     times["rollout"] = time.perf_counter() - started
     if not data:
         # Every episode failed outside the game (env workers died): stepping AdamW on an empty
@@ -225,7 +229,9 @@ def train(cfg, run_dir: Path, models: Models, method: Method, games: list[GameIn
     bar = tqdm(range(start, stop), initial=start, total=cfg.train.steps, desc=f"{method.name} seed {cfg.seed}", unit="step")
     for step in bar:
         step_games, position = games_for_step(games, step, cfg.train.envs_per_step, cfg.seed)
-        line = train_step(step, cfg, models, method, step_games, pool, optimizer, scheduler, judge, prompt)
+        next_games = games_for_step(games, step + 1, cfg.train.envs_per_step, cfg.seed)[0] if step + 1 < stop else None
+        line = train_step(step, cfg, models, method, step_games, pool, optimizer, scheduler, judge, prompt,
+                          next_games=next_games)
         with open(run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(line, sort_keys=True) + "\n")
         bar.set_postfix(loss=f"{line.get('loss', 0):.4f}", success=f"{line['rollout_success']:.2f}")

@@ -53,6 +53,10 @@ def test_planner_demos_roundtrip_jsonl(seen_games, tmp_path):
 def _play(pool, games, scripts):
     """Step games with fixed per-game action scripts; returns every state's (text, admissible, won, done)."""
     log = [[(s.text, s.task, tuple(s.admissible), s.won, s.done)] for s in pool.reset([g.gamefile for g in games])]
+    return _continue(pool, log, scripts)
+
+
+def _continue(pool, log, scripts):
     for t in range(max(len(s) for s in scripts)):
         actions = [s[t] if t < len(s) and not pool.states[i].done else None for i, s in enumerate(scripts)]
         states = pool.step(actions)
@@ -188,3 +192,40 @@ def test_same_game_in_two_slots_of_one_worker_does_not_share_state(seen_games):
         alone = _play(pool, [game], [script])[0]
     assert twice[0] == alone and twice[0][-1][3]  # the expert still wins in slot 0
     assert len(twice[1]) == len(script) + 1 and not any(step[3] for step in twice[1])
+
+
+def test_preloaded_games_play_exactly_like_fresh_ones_and_reset_at_once(seen_games):
+    """`preload` loads and resets games in the workers while the caller does other work; the
+    later reset answers from the stored first state. Same game twice (two copies), a game that is
+    not preloaded, and a preloaded game left unused must change nothing."""
+    games = seen_games[:4]
+    with EnvPool(num_workers=2, max_steps=30) as pool:
+        scripts = [[t["action"] for t in e["turns"]] for e in play_experts(pool, games)]
+    order = [games[0], games[1], games[0], games[2]]
+    longest = max(len(s) for s in scripts[:3])
+    plans = [scripts[0], scripts[1], ["inventory"] + ["look"] * (longest - 1), scripts[2]]
+    with EnvPool(num_workers=2, max_steps=30) as pool:
+        reference = _play(pool, order, plans)
+    with EnvPool(num_workers=2, max_steps=30) as pool:
+        pool.preload([g.gamefile for g in order])
+        states = pool.reset([g.gamefile for g in order])  # waits for the preload, then answers from it
+        assert pool.preloaded_resets == 4
+        preloaded = _continue(pool, [[(s.text, s.task, tuple(s.admissible), s.won, s.done)] for s in states], plans)
+        pool.preload([games[3].gamefile, games[3].gamefile])  # never reset: answered at the next call
+        again = _play(pool, order, plans)
+        assert pool.preloaded_resets == 4  # the copies of games[3] wait unused (LRU evicts them in time)
+        pool.preload([g.gamefile for g in order])
+        third = _play(pool, order, plans)
+        assert pool.preloaded_resets == 8
+    assert preloaded == reference and again == reference and third == reference
+    assert reference[0][-1][3] and not reference[2][-1][3]  # the expert wins; the idle copy does not
+
+
+def test_worker_death_during_a_preload_fails_only_what_it_held(seen_games):
+    with EnvPool(num_workers=2, max_steps=30) as pool:
+        pool.preload([g.gamefile for g in seen_games[:4]])
+        os.kill(pool.worker_pids()[1], signal.SIGKILL)
+        states = pool.reset([g.gamefile for g in seen_games[:4]])
+        assert pool.restarts == 1
+        # the dead worker's preload answer was lost; its restart serves slots 1 and 3 anew
+        assert all(s.failed is None and s.admissible for s in states), [s.failed for s in states]

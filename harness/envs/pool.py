@@ -59,6 +59,8 @@ class EnvPool:
         self._conns: list = [None] * num_workers
         self.states: list[EnvState] = []
         self.restarts = 0
+        self._pending = [0] * num_workers  # preload requests sent and not yet answered
+        self.preloaded_resets = 0  # resets answered from a preload
         for w in range(num_workers):
             self._start_worker(w)
 
@@ -76,30 +78,36 @@ class EnvPool:
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self._workers]
 
+    def _receive(self, w: int) -> list | str:
+        """The next reply of worker w; a dead or silent worker is restarted and yields an error string."""
+        conn, proc = self._conns[w], self._workers[w]
+        try:
+            if not conn.poll(self.timeout_s):
+                raise TimeoutError(f"no answer in {self.timeout_s:.0f} s")
+            return conn.recv()
+        except (EOFError, OSError, TimeoutError) as err:
+            proc.join(timeout=1)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(timeout=5)
+            self.restarts += 1
+            self._pending[w] = 0
+            self._start_worker(w)
+            return (f"env worker {w} (pid {proc.pid}) died (exit code {proc.exitcode}; "
+                    f"{type(err).__name__}: {err}); episode counted as failed")
+
     def _call_all(self, requests: dict[int, tuple]) -> dict[int, list | str]:
         """Send each worker its request, then gather; a dead worker yields an error string."""
+        for w in requests:
+            while self._pending[w]:  # a preload still running there: its answer comes first
+                self._pending[w] -= 1
+                self._receive(w)
         for w, request in requests.items():
             try:
                 self._conns[w].send(request)
             except (BrokenPipeError, OSError):
                 pass  # noticed on receive
-        replies: dict[int, list | str] = {}
-        for w in requests:
-            conn, proc = self._conns[w], self._workers[w]
-            try:
-                if not conn.poll(self.timeout_s):
-                    raise TimeoutError(f"no answer in {self.timeout_s:.0f} s")
-                replies[w] = conn.recv()
-            except (EOFError, OSError, TimeoutError) as err:
-                proc.join(timeout=1)
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join(timeout=5)
-                replies[w] = (f"env worker {w} (pid {proc.pid}) died (exit code {proc.exitcode}; "
-                              f"{type(err).__name__}: {err}); episode counted as failed")
-                self.restarts += 1
-                self._start_worker(w)
-        return replies
+        return {w: self._receive(w) for w in requests}
 
     # -- batched API --------------------------------------------------------------------
     def reset(self, gamefiles: list[str]) -> list[EnvState]:
@@ -121,10 +129,25 @@ class EnvPool:
                 if "error" in result:
                     self.states[i].failed = result["error"]
                     continue
+                self.preloaded_resets += bool(result.get("preloaded"))
                 observation, task = split_initial_observation(result["text"])
                 self.states[i] = EnvState(observation, task, result["admissible"], result["won"],
                                           result["done"], 0, gamefile, result.get("plan", []))
         return list(self.states)
+
+    def preload(self, gamefiles: list[str]) -> None:
+        """Load and reset these games in the workers now, without waiting: call it before other
+        work (scoring, the update) and a later `reset(gamefiles)` in the same order returns at once.
+        Game i goes to the worker that `reset` will give slot i. Errors surface at that reset."""
+        requests: dict[int, tuple] = {}
+        for i, gamefile in enumerate(gamefiles):
+            requests.setdefault(i % self.num_workers, ("preload", []))[1].append((None, str(gamefile)))
+        for w, request in requests.items():
+            try:
+                self._conns[w].send(request)
+                self._pending[w] += 1
+            except (BrokenPipeError, OSError):
+                pass  # noticed at the next call
 
     def step(self, actions: list[str | None]) -> list[EnvState]:
         """Apply actions[i] to slot i; finished slots are skipped (their action is ignored)."""

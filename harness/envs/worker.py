@@ -33,9 +33,12 @@ def _state_dict(state, done: bool, with_plan: bool) -> dict:
 
 
 def worker_main(conn, with_plan: bool, cache_size: int) -> None:
-    """Serve ("reset", [(slot, gamefile)]), ("step", [(slot, action)]), ("close", [])."""
+    """Serve ("reset", [(slot, gamefile)]), ("step", [(slot, action)]), ("close", []) and
+    ("preload", [(None, gamefile)]): load and reset envs ahead of time (while the caller is busy
+    elsewhere), so a later "reset" of that game answers with the stored first state at once."""
     idle: OrderedDict[tuple[str, int], object] = OrderedDict()  # (gamefile, copy) -> env, LRU
     active: dict[int, tuple[tuple[str, int], object]] = {}  # slot -> (key, env)
+    fresh: dict[tuple[str, int], dict] = {}  # idle envs reset ahead of time -> their first state
     real_argv, real_stdout = list(sys.argv), sys.stdout
     while True:
         try:
@@ -53,19 +56,32 @@ def worker_main(conn, with_plan: bool, cache_size: int) -> None:
         results = []
         for slot, arg in items:
             try:
-                if command == "reset":
-                    key = next((k for k in idle if k[0] == arg), None)
+                if command in ("reset", "preload"):
+                    # reset: a preloaded copy of the game first, else any idle one; preload: one
+                    # more preloaded copy per item (a batch may play the same game in two slots)
+                    key = next((k for k in idle if k[0] == arg and k in fresh), None) if command == "reset" else None
+                    if key is None:
+                        key = next((k for k in idle if k[0] == arg and k not in fresh), None)
                     if key is None:
                         copies = {k[1] for k in idle if k[0] == arg} | {k[1] for k, _ in active.values() if k[0] == arg}
                         key, env = (arg, max(copies, default=-1) + 1), _make_env(arg, with_plan)
                     else:
                         env = idle.pop(key)
+                    first = fresh.pop(key, None)
+                    if first is None:  # a reset is deterministic: a stored first state is the same
+                        first = _state_dict(env.reset(), False, with_plan)
+                    else:
+                        first = {**first, "preloaded": True}
+                    if command == "preload":
+                        idle[key], fresh[key] = env, first
+                        first = {}
+                    else:
+                        active[slot] = (key, env)
                     while len(idle) > cache_size:
-                        _, old = idle.popitem(last=False)
+                        old_key, old = idle.popitem(last=False)
+                        fresh.pop(old_key, None)
                         old.close()
-                    state = env.reset()
-                    active[slot] = (key, env)
-                    results.append(_state_dict(state, False, with_plan))
+                    results.append(first)
                 else:
                     state, _reward, done = active[slot][1].step(arg)
                     results.append(_state_dict(state, done, with_plan))
