@@ -70,6 +70,9 @@ class RolloutSettings:
     reuse_cache: bool = True
     """Layout `full`: keep each group's key/value cache across turns, so a turn prefills only
     its new tokens. Off: every turn prefills its whole context (slower, same tokens)."""
+    growing_cache: bool = True
+    """With `reuse_cache`: append to the cache in place (GrowingLayer) instead of transformers'
+    DynamicCache, which copies the whole cache at every decode step (same tokens, slower)."""
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -186,9 +189,10 @@ class EnvBatch:
     (cumsum), so every real token sits at its position in the Datum, as scoring sees it.
     """
 
-    def __init__(self, model, config: GenerationConfig, stop_ids: list[int], pad_id: int, keep_cache: bool) -> None:
+    def __init__(self, model, config: GenerationConfig, stop_ids: list[int], pad_id: int, keep_cache: bool,
+                 growing: bool = True) -> None:
         self.model, self.config, self.stop_ids, self.pad_id = model, config, set(stop_ids), pad_id
-        self.keep_cache = keep_cache
+        self.keep_cache, self.growing = keep_cache, growing
         self.rows: list[int] = []  # env index of each cache row
         self.ids_B_L: torch.Tensor | None = None
         self.mask_B_L: torch.Tensor | None = None
@@ -212,7 +216,7 @@ class EnvBatch:
                                       **{_CACHE_KEY: self.cache})
         else:
             ids_B_T, mask_B_T = new_ids_B_S, new_mask_B_S
-            cache = growing_cache(self.model) if self.keep_cache else None
+            cache = growing_cache(self.model) if self.keep_cache and self.growing else None
             out = self.model.generate(input_ids=ids_B_T, attention_mask=mask_B_T, generation_config=self.config,
                                       **({_CACHE_KEY: cache} if cache is not None else {}))
         width = ids_B_T.shape[1]
@@ -297,7 +301,8 @@ def rollout(model, tokenizer, pool: EnvPool, games: list[GameInfo], settings: Ro
     ]
     size = settings.max_batch_envs or max(1, len(games))
     keep_cache = settings.layout == "full" and settings.reuse_cache
-    batches = [(range(k, min(k + size, len(games))), EnvBatch(model, config, stop_ids, chat.pad_id, keep_cache))
+    batches = [(range(k, min(k + size, len(games))),
+                EnvBatch(model, config, stop_ids, chat.pad_id, keep_cache, settings.growing_cache))
                for k in range(0, len(games), size)]
     was_training = model.training
     model.eval()  # no dropout (LoRA dropout included) while sampling

@@ -1,7 +1,7 @@
 """Rollout figures from one run: env-steps/s with one batched generate over N envs per turn
 against the same rollouts one env at a time.
 
-    python -m harness.bench.rollout [--envs 32] [--turns 10] [--layout full] [--model PATH]
+    python -m harness.bench.rollout [--envs 32] [--turns 10] [--layout full] [--model PATH] [--no-admissible]
 
 Both modes play the same games with the same model, greedy, so they generate the same tokens
 (the run checks that the actions agree). Without --model the model is the tiny default
@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", default=None, help="model path or id (default: random tiny student)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (2 cores are shared with env workers)")
+    parser.add_argument("--no-admissible", action="store_true", help="prompts without the admissible list (model=tiny)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.data_root is None:
@@ -62,7 +63,7 @@ def main() -> None:
     games = discover_games(args.data_root, "train").games[: args.envs]
     if len(games) < args.envs:
         raise SystemExit(f"only {len(games)} train games under {args.data_root}; pass fewer --envs or more games")
-    prompt = PromptSettings()
+    prompt = PromptSettings(show_admissible=not args.no_admissible)
     settings = RolloutSettings(layout=args.layout, greedy=True, max_new_tokens=args.max_new_tokens)
     with EnvPool(num_workers=args.workers, max_steps=args.turns) as pool:
         if args.model:
@@ -81,6 +82,7 @@ def main() -> None:
         batched, batched_s, batched_t = _timed(model, tokenizer, pool, [games], settings, prompt)
         if args.layout == "full":
             no_reuse = _timed(model, tokenizer, pool, [games], replace(settings, reuse_cache=False), prompt)
+            dynamic = _timed(model, tokenizer, pool, [games], replace(settings, growing_cache=False), prompt)
         single_games = games[: args.single_envs]
         single, single_s, single_t = _timed(model, tokenizer, pool, [[g] for g in single_games], settings, prompt)
 
@@ -97,6 +99,8 @@ def main() -> None:
     fast = report(f"batched ({args.envs} envs)", batched, batched_s, batched_t, args.envs)
     if args.layout == "full":
         report("  same, no KV cache reuse", *no_reuse, args.envs)
+        slow_cache = report("  same, transformers' DynamicCache", *dynamic, args.envs)
+        print(f"{'':26s} generate per env-step: growing cache {fast[1] / slow_cache[1]:.2f}x the time of DynamicCache")
     slow = report(f"one env at a time ({len(single_games)})", single, single_s, single_t, len(single_games))
     same = all([x.action for x in a.turns] == [x.action for x in b.turns] for a, b in zip(batched, single, strict=False))
     print(f"\nratio batched / one at a time: {fast[0] / slow[0]:.2f}x env-steps/s "
