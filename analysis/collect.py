@@ -191,9 +191,9 @@ def load_run(run_dir: Path, root: Path) -> tuple[list[dict], Excluded | None, li
     row, why, notes = _load_run(run_dir, root)
     if row is None:
         return [], why, notes
+    result = row.pop("_result")
     row["reference"] = row["method"] in REFERENCE_EVALS.values()  # e.g. mode=eval of the untrained student
     rows = [row]
-    result = json.loads((run_dir / "result.json").read_text())
     for key, method in REFERENCE_EVALS.items():
         if isinstance(result.get(key), dict):
             try:
@@ -248,7 +248,7 @@ def _load_run(run_dir: Path, root: Path) -> tuple[dict | None, Excluded | None, 
     row.update({"run": name, "run_dir": str(run_dir), "method": str(method), "seed": seed,
                 "verifier_free": bool(verifier_free), "wall_time_s": result.get("wall_time_s"),
                 "experiment": full_config.get("experiment"), "_config": flatten(full_config),
-                "_mtime": (run_dir / "result.json").stat().st_mtime})
+                "_mtime": (run_dir / "result.json").stat().st_mtime, "_result": result})
     row.update({f"version.{k}": v for k, v in (result.get("versions") or {}).items()})
     if config_error:
         notes.append(f"{name}: {config_error}; used the config inside result.json")

@@ -158,8 +158,8 @@ def growing_cache(model) -> DynamicCache | None:
     None (generate's default cache) for sliding-window or hybrid models."""
     text = model.config.get_text_config(decoder=True)
     types = getattr(text, "layer_types", None) or ["full_attention"]
-    if set(types) != {"full_attention"} or getattr(text, "sliding_window", None) and getattr(
-            text, "use_sliding_window", True):
+    sliding = bool(getattr(text, "sliding_window", None)) and getattr(text, "use_sliding_window", True)
+    if set(types) != {"full_attention"} or sliding:
         return None
     cache = DynamicCache()  # layers are made on first use, from layer_class_to_replicate
     cache.layer_class_to_replicate = GrowingLayer
