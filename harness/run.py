@@ -123,7 +123,7 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
         extra_key = "|".join(keys)
         pair = prepare_tiny(root, settings, prompt_settings(cfg), cache_root=cache_dir(cfg) / "tiny",
                             extra_teacher_data=extra if extras else None, extra_key=extra_key, extra_words=words,
-                            teacher_report=report, log=log)
+                            teacher_report=report, log=log, device=cfg.model.teacher.device)
         student_path, teacher_path = student_path or str(pair.student), teacher_path or str(pair.teacher)
         info["tiny_report"] = pair.report
     if not student_path or not teacher_path:
