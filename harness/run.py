@@ -236,12 +236,27 @@ def _finished(run_dir: Path, config: dict) -> dict | None:
         record = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    same = record.get("config") == json.loads(json.dumps(config, default=str))
+    same = isinstance(record.get("config"), dict) and not config_changes(record["config"], config)
     return record if record.get("status") == "complete" and same else None
 
 
-RESUME_MAY_CHANGE = ("train.stop_after",)
-"""Config keys a resumed run may change (everything else must match its checkpoint's run)."""
+RESULT_NEUTRAL = ("train.stop_after", "env.num_workers")
+"""Config keys that do not change a run's result: a finished run stands and a checkpoint
+resumes when only these differ (env workers only spread the same games over processes)."""
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """The keys (dotted) in which `new` makes another run than `old`. Not counted: the
+    RESULT_NEUTRAL keys, and keys that `old` lacks (added to the schema after it was written)
+    while `new` holds their schema default, so adding a knob does not orphan finished runs."""
+    from harness.config import Config, to_plain
+
+    old, new = _flat(old), _flat(json.loads(json.dumps(new, default=str)))
+    defaults = _flat(to_plain(Config))
+    missing = object()
+    return sorted(k for k in old.keys() | new.keys()
+                  if k not in RESULT_NEUTRAL and old.get(k, missing) != new.get(k, missing)
+                  and not (k not in old and k in defaults and new.get(k) == defaults[k]))
 
 
 def _flat(tree, prefix: str = "") -> dict:
@@ -259,7 +274,7 @@ def _check_resumable(run_dir: Path, config: dict) -> None:
     if not previous.exists() or not (run_dir / "checkpoints" / "latest").exists():
         return
     old, new = _flat(json.loads(previous.read_text())), _flat(json.loads(json.dumps(config, default=str)))
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
+    changed = config_changes(json.loads(previous.read_text()), config)
     if changed:
         shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
         raise ValueError(f"{run_dir} holds a checkpoint ({checkpoint.latest(run_dir).name}) of a run with another "
