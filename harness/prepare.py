@@ -188,7 +188,7 @@ def _sft(role: str, spec: TinyModelSpec, sft: SFTSettings, data, heldout_data, t
                        log=lambda r: r["step"] % every == 0 and log(
                            f"prepare: {role} sft step {r['step']}/{sft.steps} loss {r['loss']:.3f}"))
     accuracy = action_accuracy(model, heldout_data, tokenizer, tokenizer.pad_token_id)
-    save_tiny(model.cpu(), tokenizer, out / role, spec)
+    save_tiny(model, tokenizer, out / role, spec)  # save_pretrained copies GPU weights to the host
     report = {"params": params, "sft_examples": len(data), "final_loss": losses[-1], "device": str(device),
               "heldout_action_accuracy": accuracy, "build_s": time.perf_counter() - t0}
     log(f"prepare: {role} ({params / 1e6:.2f}M params) built in {report['build_s']:.0f} s; "
@@ -215,7 +215,7 @@ def _build_teacher(suite_root: Path, out: Path, settings: TinySettings, prompt: 
     report["teacher"], teacher = _sft("teacher", settings.teacher, settings.teacher_sft, teacher_data, heldout_data,
                                       tokenizer, out, settings.seed, log, device)
     if teacher_report is not None:
-        report["teacher_judge"] = teacher_report(teacher.to(device), tokenizer)
+        report["teacher_judge"] = teacher_report(teacher, tokenizer)
         log(f"prepare: teacher judge accuracy on held-out turns: {report['teacher_judge']}")
     report["teacher_total_s"] = time.perf_counter() - started
     return report

@@ -273,9 +273,10 @@ def _check_resumable(run_dir: Path, config: dict) -> None:
     previous = run_dir / "config.json"
     if not previous.exists() or not (run_dir / "checkpoints" / "latest").exists():
         return
-    old, new = _flat(json.loads(previous.read_text())), _flat(json.loads(json.dumps(config, default=str)))
-    changed = config_changes(json.loads(previous.read_text()), config)
+    old_config = json.loads(previous.read_text())
+    changed = config_changes(old_config, config)
     if changed:
+        old, new = _flat(old_config), _flat(json.loads(json.dumps(config, default=str)))
         shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
         raise ValueError(f"{run_dir} holds a checkpoint ({checkpoint.latest(run_dir).name}) of a run with another "
                          f"config ({len(changed)} keys differ: {shown}). Resuming would mix the two: "
