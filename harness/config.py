@@ -82,8 +82,10 @@ class TinyConfig:
     teacher_sft_steps: int = 800
     renamed_copies: int = 1  # object-renamed copies of each teacher demonstration (harness/prepare.py)
     rename_lamps: bool = False  # the copies rename the lamps too (a lamp then stops being a lamp)
-    student_sft_steps: int = 400
-    student_demos: int = 600  # 48 demos x 150 steps won no game; 600 x 400: 10% seen / 1.7% unseen
+    student_sft_steps: int = 800
+    # 48 demos x 150 steps won no game; 600 x 400 (session 3): 10% / 1.7% (60 games per split), and
+    # every on-policy method took it to 0%; 2000 x 800 (default since session 5): 23.3% / 15.0%
+    student_demos: int = 2000
     sft_batch_size: int = 8  # sequences per SFT step (whole episodes in the full layout)
     sft_lr: float = 5e-4
     judge_examples: int = 1500  # at most this many judge examples in the teacher's SFT data (0: no judge data)

@@ -126,6 +126,7 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
                             teacher_report=report, log=log, device=cfg.model.teacher.device)
         student_path, teacher_path = student_path or str(pair.student), teacher_path or str(pair.teacher)
         info["tiny_report"] = pair.report
+        info["tiny_keys"] = [pair.teacher.parent.name, pair.root.name]  # cache entries (harness/shipped.py)
     if not student_path or not teacher_path:
         raise ValueError("model.student.path and model.teacher.path must be set unless model=tiny "
                          "(a Hugging Face id, a local directory, or a preset such as smollm2-135m-instruct).")

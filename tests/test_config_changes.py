@@ -22,7 +22,7 @@ def test_identical_and_result_neutral_configs_are_the_same_run():
 def test_a_changed_knob_is_another_run():
     new = _default()
     new["train"]["lr"] = 1e-3
-    new["model"]["tiny"]["student_demos"] = 2000
+    new["model"]["tiny"]["student_demos"] = 1000
     assert config_changes(_default(), new) == ["model.tiny.student_demos", "train.lr"]
 
 

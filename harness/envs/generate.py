@@ -31,6 +31,7 @@ from pathlib import Path
 
 import alfworld.gen.constants as C
 
+from harness import shipped
 from harness.envs import pddl_writer, scenes
 from harness.envs.games import DATA_VERSION_DIR, TASK_TYPES
 
@@ -323,7 +324,11 @@ def ensure_suite(spec: SuiteSpec, cache_root: str | Path | None = None) -> Path:
                                   "delete that folder and run again.")
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=base))
         try:
-            generate_suite(spec, tmp)
+            if (archive := shipped.suite_archive(root.name)) is not None:  # generated here before, shipped
+                shipped.unpack_suite(archive, tmp)
+            else:
+                shipped.check_may_build("the game suite", root.name)
+                generate_suite(spec, tmp)
             try:
                 os.rename(tmp, root)
             except OSError:
