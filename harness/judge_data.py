@@ -239,8 +239,10 @@ def heldout_judge_examples(suite_root: str | Path, tokenizer, settings: JudgeSet
 
 
 def judge_data_key(settings: JudgeSettings, data: JudgeDataSettings) -> str:
-    """A string naming everything that makes the judge examples (for prepare's `extra_key`)."""
-    return repr(({**asdict(settings), "template_text": load_template(settings)}, asdict(data)))
+    """A string naming everything that makes the judge examples (for prepare's `extra_key`): the
+    template's text, not its path, so a clone elsewhere finds the same cache (and shipped) entries."""
+    named = {k: v for k, v in asdict(settings).items() if k != "template"}
+    return repr(({**named, "template_text": load_template(settings)}, asdict(data)))
 
 
 def label_counts(labels: list[int]) -> dict[str, int]:

@@ -95,3 +95,18 @@ def test_an_archive_reaching_outside_the_suite_is_refused(tmp_path):
     with pytest.raises(ValueError, match="refusing member '../outside.txt'"):
         shipped.unpack_suite(archive, dest)
     assert not (tmp_path / "outside.txt").exists()
+
+
+def test_the_judge_data_key_names_the_template_text_not_its_path(tmp_path):
+    """Cache keys must not depend on where the repository is cloned (or the shipment never matches)."""
+    from harness.judge import JudgeSettings
+    from harness.judge_data import JudgeDataSettings, judge_data_key
+
+    text = (REPO / "conf" / "judge" / "default.txt").read_text()
+    (tmp_path / "a.txt").write_text(text)
+    (tmp_path / "b.txt").write_text(text)
+    (tmp_path / "c.txt").write_text(text + "Answer now.\n")
+    data = JudgeDataSettings()
+    key_a, key_b, key_c = (judge_data_key(JudgeSettings(template=str(tmp_path / n)), data) for n in ("a.txt", "b.txt", "c.txt"))
+    assert key_a == key_b and key_a != key_c
+    assert str(tmp_path) not in key_a
