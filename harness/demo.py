@@ -1,8 +1,10 @@
 """The README's main job: a 3-method sweep on the embedded default, then the paper table.
 
     python -m harness.demo [extra Hydra overrides]
-runs `python -m harness -m experiment=demo method=sage,opd,no_conf` into multirun/demo/<time>/
-and prints the main table of `python -m analysis` on it.
+runs `python -m harness -m experiment=demo method=sage,opd,no_conf` into multirun/demo/<time>/,
+then the reference rows (the teacher and the warm-start student evaluated on the same games,
+`mode=eval eval.eval_teacher=true` into `reference/`), and prints the main table of
+`python -m analysis` on it.
 """
 
 from __future__ import annotations
@@ -20,14 +22,19 @@ def main(argv: list[str] | None = None) -> int:
     sweep_dir = REPO / "multirun" / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
     command = [sys.executable, "-m", "harness", "-m", "experiment=demo", "method=sage,opd,no_conf",
                f"hydra.sweep.dir={sweep_dir}", *extra]
-    print("$", " ".join(command), flush=True)
+    # the reference rows: the teacher and the untrained (warm-start) student on the same games
+    reference = [sys.executable, "-m", "harness", "-m", "experiment=demo", "mode=eval", "eval.eval_teacher=true",
+                 f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=reference", *extra]
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO)
-    print(f"sweep finished in {time.perf_counter() - started:.0f} s (exit code {done.returncode})", flush=True)
+    code = 0
+    for what in (command, reference):
+        print("$", " ".join(what), flush=True)
+        code = code or subprocess.run(what, cwd=REPO).returncode
+    print(f"sweep finished in {time.perf_counter() - started:.0f} s (exit code {code})", flush=True)
     from analysis import summarize
 
     print(summarize([sweep_dir]))
-    return done.returncode
+    return code
 
 
 if __name__ == "__main__":
