@@ -69,8 +69,9 @@ def main_table(runs: pd.DataFrame) -> Table:
     stats["rel_impr_unseen"] = math.nan
     for _, rows in stats.groupby("group"):
         opd = rows.loc[rows["method"] == "opd", "valid_unseen"]
-        if len(opd) == 1 and opd.iloc[0] > 0:
-            stats.loc[rows.index, "rel_impr_unseen"] = 100 * (rows["valid_unseen"] - opd.iloc[0]) / opd.iloc[0]
+        if len(opd) == 1 and opd.iloc[0] > 0:  # the methods only: a reference row is context
+            methods_ = rows[~rows["reference"]]
+            stats.loc[methods_.index, "rel_impr_unseen"] = 100 * (methods_["valid_unseen"] - opd.iloc[0]) / opd.iloc[0]
     games = {s: runs[col(s, "num_games")].dropna().astype(int) for s in SPLITS if col(s, "num_games") in runs}
     counts = ", ".join(f"{s} {g.min()}" + (f"-{g.max()}" if g.max() != g.min() else "") + " games"
                        for s, g in games.items() if not g.empty)
