@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     for what in (command, reference):
         print("$", " ".join(what), flush=True)
-        code = code or subprocess.run(what, cwd=REPO).returncode
+        returncode = subprocess.run(what, cwd=REPO).returncode  # the reference runs even if a method failed
+        code = code or returncode
     print(f"sweep finished in {time.perf_counter() - started:.0f} s (exit code {code})", flush=True)
     from analysis import summarize
 
