@@ -139,6 +139,40 @@ def degeneracy_table(runs: pd.DataFrame) -> Table:
                  [Column(n, n, best="min") for n in columns.values()], _notes(stats))
 
 
+PHASES = ("rollout", "judge", "scoring", "update")  # train.py's time_<phase>_s, in the order they run
+
+
+def cost_table(runs: pd.DataFrame, curves: pd.DataFrame) -> Table | None:
+    """Wall time per run and the training step's time split, per method; None without timed steps.
+
+    Per run: wall time of its result.json (the attempt that finished: a resumed run's earlier
+    attempts are not in it), training time = the sum of its logged `time_step_s`, and the mean
+    seconds per step of each phase. The notes give the sweep's total wall time over run folders."""
+    if curves.empty or "time_step_s" not in curves:
+        return None
+    timed = curves.dropna(subset=["time_step_s"])
+    per_run = timed.groupby("run").agg(steps=("step", "size"), train_s=("time_step_s", "sum"),
+                                       step_s=("time_step_s", "mean"),
+                                       **{p: (f"time_{p}_s", "mean") for p in PHASES if f"time_{p}_s" in timed})
+    methods = runs[~runs["reference"]].merge(per_run, left_on="run", right_index=True)
+    if methods.empty:
+        return None
+    methods = methods.assign(wall_min=methods["wall_time_s"].astype(float) / 60, train_min=methods["train_s"] / 60)
+    phases = [p for p in PHASES if p in methods and methods[p].notna().any()]
+    names = {"wall_min": "Wall (min)", "train_min": "Training (min)", "steps": "Steps", "step_s": "Step (s)",
+             **{p: f"{p.capitalize()} (s)" for p in phases}}
+    stats = aggregate(methods, names, scale={n: 1.0 for n in names.values()})
+    walls = runs.dropna(subset=["wall_time_s"]).drop_duplicates("run")["wall_time_s"].astype(float)
+    notes = [f"Sweep: {len(walls)} run folders, {walls.sum() / 3600:.2f} h of wall time in all "
+             f"(the sum of their result.json wall times; runs one after another take that long)."]
+    caption = ("Mean ± sample std over seeds. Wall: the run's finishing attempt, from start to result.json "
+               "(training, evaluation, loading). Training: the sum of the logged step times. Step and its "
+               "phases (" + ", ".join(phases) + "): seconds per training step, means over the run's steps; "
+               "the phases add up to the step. Times depend on the machine and on what ran beside the run.")
+    return Table("cost", "Wall time and training-step time split", caption, stats,
+                 [Column(n, n, best=None) for n in names.values()], _notes(stats) + notes)
+
+
 def _cell(mean: float, std: float, signed: bool) -> str:
     if mean is None or math.isnan(mean):
         return ""
@@ -228,8 +262,9 @@ def to_csv(table: Table) -> str:
     return frame.to_csv(index=False, float_format="%.4f")
 
 
-def build_tables(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
-    """Every table that the runs allow, and a note for each one left out."""
+def build_tables(runs: pd.DataFrame, curves: pd.DataFrame | None = None) -> tuple[list[Table], list[str]]:
+    """Every table that the runs (and their training curves, for the cost table) allow, and a note
+    for each one left out."""
     tables = [main_table(runs), task_type_table(runs)]
     skipped = []
     ablation = ablation_table(runs)
@@ -239,6 +274,11 @@ def build_tables(runs: pd.DataFrame) -> tuple[list[Table], list[str]]:
     else:
         tables.append(ablation)
     tables.append(degeneracy_table(runs))
+    cost = cost_table(runs, curves if curves is not None else pd.DataFrame())
+    if cost is None:
+        skipped.append("cost table left out: no training run logged step times (time_step_s in metrics.jsonl)")
+    else:
+        tables.append(cost)
     return tables, skipped
 
 

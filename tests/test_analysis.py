@@ -62,6 +62,8 @@ def write_run(folder: Path, method: str, seed: int, seen: float | None, unseen: 
         skip = min(0.6, 0.1 + 0.01 * step) if method in SAGE_FAMILY else None
         line.update({"label_frac_skip": skip, "label_frac_weak": 0.3 if skip is not None else None,
                      "label_frac_strong": 0.7 - skip if skip is not None else None})
+        times = {"rollout": 1.0 + seed, "scoring": 1.0, "update": 2.0} | ({"judge": 0.5} if skip is not None else {})
+        line.update({f"time_{k}_s": v for k, v in times.items()}, time_step_s=sum(times.values()))
         lines.append(json.dumps(line))
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if status is None:
@@ -73,7 +75,7 @@ def write_run(folder: Path, method: str, seed: int, seen: float | None, unseen: 
         evaluation["valid_unseen"] = split_block(unseen, 10, "valid_unseen", **(unseen_eval or {}))
     result = {"status": status, "error": "CUDA out of memory at step 12" if status == "failed" else None,
               "method": method, "seed": seed, "verifier_free": method != "oracle_gate",
-              "wall_time_s": 100.0 + seed, "config": config,
+              "wall_time_s": 600.0 + 60 * seed, "config": config,
               "versions": {"alfworld": "0.4.2", "torch": "2.13.0", "suite_hash": "abc123"},
               "eval": evaluation}
     (folder / "result.json").write_text(json.dumps(result))
@@ -134,6 +136,9 @@ def test_reference_rows_teacher_and_warm_start(sweep: Path) -> None:
     (ref / "metrics.jsonl").unlink()  # an eval run trains nothing
     collection = collect([sweep])
     rows = markdown_rows(to_markdown(main_table(collection.runs)))
+    # the eval run's wall time (its teacher row has none) counts once in the sweep's total: 600 s more
+    cost = {t.name: t for t in build_tables(collection.runs, collection.curves)[0]}["cost"]
+    assert "Sweep: 14 run folders, 2.53 h" in to_markdown(cost) and "Student warm start" not in to_markdown(cost)
     # teacher: All = (90 * 30 + 70 * 10) / 40 = 85.0; reference rows are context: no rel. impr. vs OPD
     assert rows["Teacher (reference)"] == ["90.0", "70.0", "85.0", "", "1"]
     assert rows["Student warm start"] == ["20.0", "10.0", "17.5", "", "1"]
@@ -236,6 +241,28 @@ def test_per_task_ablation_and_degeneracy_tables(sweep: Path) -> None:
     assert rows["OPD"][unseen_repeated] == "30.0 ± 0.0"
 
 
+def test_cost_table_wall_time_and_step_split(sweep: Path) -> None:
+    """Fixture times: rollout 1 + seed, scoring 1, update 2 (+ judge 0.5 for the SAGE family) s per
+    step, 40 steps; wall time 600 + 60 seed s. OPD steps 4, 5, 6 s -> 5.0 ± 1.0; training
+    40 x 4 / 60 = 2.67, 3.33, 4.00 min -> 3.3 ± 0.7; wall 10, 11, 12 min -> 11.0 ± 1.0. SAGE-OPD
+    steps 4.5, 5.5, 6.5 -> 5.5 ± 1.0, training 3.00, 3.67, 4.33 -> 3.7 ± 0.7. Sweep: 13 complete
+    runs, 4 x (600 + 660 + 720) + 600 = 8,520 s = 2.37 h."""
+    collection = collect([sweep])
+    tables = {t.name: t for t in build_tables(collection.runs, collection.curves)[0]}
+    rows = markdown_rows(to_markdown(tables["cost"]))
+    assert rows["Method"] == ["Wall (min)", "Training (min)", "Steps", "Step (s)", "Rollout (s)", "Judge (s)",
+                              "Scoring (s)", "Update (s)", "Seeds"]
+    assert rows["OPD"] == ["11.0 ± 1.0", "3.3 ± 0.7", "40.0 ± 0.0", "5.0 ± 1.0", "2.0 ± 1.0", "", "1.0 ± 0.0",
+                           "2.0 ± 0.0", "3"]
+    assert rows["SAGE-OPD"][:6] == ["11.0 ± 1.0", "3.7 ± 0.7", "40.0 ± 0.0", "5.5 ± 1.0", "2.0 ± 1.0", "0.5 ± 0.0"]
+    assert rows["SFT"][:4] == ["10.0", "2.7", "40.0", "4.0"]  # seed 0 only: 1 failed, 1 incomplete
+    assert "Sweep: 13 run folders, 2.37 h of wall time in all" in to_markdown(tables["cost"])
+    # Runs without step times (older records) leave the table out and say so.
+    untimed = collection.curves.drop(columns=[c for c in collection.curves if c.startswith("time_")])
+    tables, skipped = build_tables(collection.runs, untimed)
+    assert "cost" not in {t.name for t in tables} and any("cost table left out" in s for s in skipped)
+
+
 def test_ablation_table_needs_sage_and_an_ablation(tmp_path: Path) -> None:
     write_run(tmp_path / "s" / "0", "sage", 0, 0.5, 0.5)
     write_run(tmp_path / "s" / "1", "opd", 0, 0.5, 0.5)
@@ -299,7 +326,7 @@ def test_cli_writes_tables_plots_and_prints_main_table(sweep: Path, capsys: pyte
     printed = capsys.readouterr().out
     assert "| SAGE | **60.0 ± 0.0** |" in printed and str(sweep / "analysis" / "tables") in printed
     out = sweep / "analysis"
-    for name in ("main", "per_task_type", "ablation", "degeneracy"):
+    for name in ("main", "per_task_type", "ablation", "degeneracy", "cost"):
         for suffix in (".md", ".tex", ".csv"):
             assert (out / "tables" / f"{name}{suffix}").stat().st_size > 200
     for name in ("success", "curves", "judge_labels", "task_types"):
