@@ -32,10 +32,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep only runs whose config has KEY=VALUE (e.g. experiment=paper_cpu)")
     parser.add_argument("--ignore-key", nargs="*", default=[], metavar="PATTERN",
                         help="config keys (fnmatch patterns) that must not split the tables into groups")
+    parser.add_argument("--copy-records", action="store_true",
+                        help="also copy each used run's result.json, config.json, metrics.jsonl and "
+                        "evaluation episodes (gzipped) to <out>/runs/<run name>/")
     args = parser.parse_args(argv)
     try:
         print(summarize(args.sweep_dirs, args.out, names=_pairs(args.names, "--names"),
-                        ignore_keys=args.ignore_key, where=_pairs(args.where, "--where")))
+                        ignore_keys=args.ignore_key, where=_pairs(args.where, "--where"),
+                        records=args.copy_records))
     except (FileNotFoundError, KeyError, ValueError) as err:
         print(f"error: {err.args[0] if err.args else err}", file=sys.stderr)
         return 2

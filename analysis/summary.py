@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,10 +68,36 @@ def render_report(collection: Collection, sweep_dirs: Sequence[str | Path], extr
     return "\n".join(lines)
 
 
+RECORD_FILES = ("result.json", "config.json", "metrics.jsonl")
+EPISODE_FILES = "eval*_episodes.jsonl"  # copied gzipped: about 1 MB each as text, a tenth of it compressed
+
+
+def copy_records(runs_dir: Path, run_dirs: dict[str, Path]) -> int:
+    """Copy each used run's record files to runs_dir/<run name>/ (episodes gzipped); return the file count.
+
+    Each file is written under a temporary name and renamed, so a copy is whole or absent."""
+    count = 0
+    for name, source in run_dirs.items():
+        target = runs_dir / name
+        target.mkdir(parents=True, exist_ok=True)
+        pairs = [(source / f, target / f, False) for f in RECORD_FILES if (source / f).exists()]
+        pairs += [(f, target / f"{f.name}.gz", True) for f in sorted(source.glob(EPISODE_FILES))]
+        for src, dst, compress in pairs:
+            tmp = dst.with_name(dst.name + ".tmp")
+            data = src.read_bytes()
+            tmp.write_bytes(gzip.compress(data, mtime=0) if compress else data)
+            os.replace(tmp, dst)
+            count += 1
+    return count
+
+
 def summarize(sweep_dirs: Sequence[str | Path], out_dir: str | Path | None = None,
               names: dict[str, str] | None = None, ignore_keys: Sequence[str] = (),
-              where: dict[str, str] | None = None) -> str:
-    """Write tables, plots, runs.csv, curves.csv and report.md; return the main table and file places."""
+              where: dict[str, str] | None = None, records: bool = False) -> str:
+    """Write tables, plots, runs.csv, curves.csv and report.md; return the main table and file places.
+
+    With records, also copy each used run's record files (result, config, metrics, evaluation
+    episodes gzipped) to <out>/runs/<run name>/, so a committed results folder holds its evidence."""
     if not sweep_dirs:
         raise ValueError("give at least one sweep folder")
     out = Path(out_dir) if out_dir is not None else Path(sweep_dirs[0]) / "analysis"
@@ -87,10 +115,14 @@ def summarize(sweep_dirs: Sequence[str | Path], out_dir: str | Path | None = Non
     collection.curves.to_csv(out / "curves.csv", index=False)
     (out / "report.md").write_text(render_report(collection, sweep_dirs, skipped + skipped_plots))
 
+    copied = copy_records(out / "runs", dict(zip(collection.runs["run"], map(Path, collection.runs["run_dir"]),
+                                                 strict=True))) if records else 0
+
     text = [to_markdown(tables[0])]
     if collection.excluded:
         text += [f"Left out {len(collection.excluded)} run(s):", *_excluded_lines(collection), ""]
     text.append(f"Tables ({', '.join(t.name for t in tables)}; .md .tex .csv) in {out / 'tables'}, "
                 f"plots (.png .pdf) in {out / 'plots'}, report in {out / 'report.md'}, "
-                f"per-run numbers in {out / 'runs.csv'}, training curves in {out / 'curves.csv'}.")
+                f"per-run numbers in {out / 'runs.csv'}, training curves in {out / 'curves.csv'}"
+                + (f", {copied} run record files in {out / 'runs'}." if records else "."))
     return "\n".join(text)

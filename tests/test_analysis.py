@@ -14,6 +14,7 @@ Relative improvement on unseen: 100 (60 - 50) / 50 = +20.0 for sage; 100 (20 - 5
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
@@ -337,6 +338,27 @@ def test_cli_writes_tables_plots_and_prints_main_table(sweep: Path, capsys: pyte
     assert (out / "runs.csv").read_text().count("\n") == 14  # header + 13 complete runs
     assert cli_main([str(sweep)]) == 0  # a second pass does not take its own output for runs
     assert "left out: 2." in (out / "report.md").read_text()
+
+
+def test_copy_records_puts_each_used_runs_evidence_beside_the_tables(
+        sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    episodes = '{"game": "g1", "won": true, "actions": ["go to desk 1"]}\n' * 50
+    (sweep / "0" / "eval_episodes.jsonl").write_text(episodes)
+    out = tmp_path / "results"
+    assert cli_main([str(sweep), "--out", str(out), "--copy-records"]) == 0
+    # 13 complete runs x (result, config, metrics) + one episodes file = 40; the failed and the
+    # incomplete sft runs are not used, so not copied
+    assert f"40 run record files in {out / 'runs'}" in capsys.readouterr().out
+    # named as in report.md and runs.csv: the path below the sweep folder's parent
+    copies = out / "runs" / sweep.name
+    assert sorted(p.name for p in copies.iterdir()) == sorted(str(j) for j in range(13))
+    assert len([p for p in (out / "runs").rglob("*") if p.is_file()]) == 40
+    assert (copies / "0" / "result.json").read_bytes() == (sweep / "0" / "result.json").read_bytes()
+    assert gzip.decompress((copies / "0" / "eval_episodes.jsonl.gz").read_bytes()).decode() == episodes
+    assert not list((out / "runs").rglob("*.tmp"))
+    # the copies are runs themselves: analysing them gives the same main table
+    again = collect([out / "runs"]).runs
+    assert markdown_rows(to_markdown(main_table(again))) == markdown_rows(to_markdown(main_table(collect([sweep]).runs)))
 
 
 def test_fixture_records_on_disk(tmp_path: Path) -> None:
