@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import json
 import math
 import os
@@ -38,6 +39,11 @@ METHOD_NAMES = {
 }
 # Reference rows: a result.json's extra evaluations, each shown as a row of its own.
 REFERENCE_EVALS = {"teacher_eval": "teacher", "initial_eval": "warm_start"}
+# The evaluation episodes behind each evaluation: the run's own, and its reference evaluations'.
+EPISODE_FILES = {"eval": "eval_episodes.jsonl", "teacher_eval": "eval_teacher_episodes.jsonl",
+                 "initial_eval": "eval_initial_episodes.jsonl"}
+# ALFWorld command verbs counted in the actions table (examine, look, inventory... count as other).
+VERBS = ("go", "open", "close", "take", "move", "use", "heat", "cool", "clean")
 # Used only when a result.json lacks the `verifier_free` flag.
 NOT_VERIFIER_FREE = {"oracle_gate"}
 # Keys that name places or jobs: they differ between runs without changing the experiment.
@@ -143,6 +149,31 @@ def read_curves(path: Path) -> tuple[pd.DataFrame, list[str]]:
     return frame, problems
 
 
+def action_columns(run_dir: Path, evaluation: str = "eval") -> tuple[dict[str, float], list[str]]:
+    """Commands per 100 evaluation episodes by verb (`actions.<verb>`, `actions.other`), read from the
+    evaluation's episodes file (`.jsonl`, or `.jsonl.gz` as `--copy-records` writes it); no columns
+    without the file. Each turn's command counts by its first word."""
+    path = run_dir / EPISODE_FILES[evaluation]
+    if not path.exists() and path.with_name(path.name + ".gz").exists():
+        path = path.with_name(path.name + ".gz")
+    if not path.exists():
+        return {}, []
+    try:
+        text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+        counts = dict.fromkeys((*VERBS, "other"), 0)
+        episodes = 0
+        for line in filter(str.strip, text.splitlines()):
+            episodes += 1
+            for turn in json.loads(line)["turns"]:
+                verb = (str(turn["action"]).split() or [""])[0].lower()
+                counts[verb if verb in counts else "other"] += 1
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return {}, [f"{path}: unreadable episodes ({type(err).__name__}: {err}); no actions for this row"]
+    if not episodes:
+        return {}, [f"{path}: no episodes; no actions for this row"]
+    return {f"actions.{verb}": 100 * n / episodes for verb, n in counts.items()}, []
+
+
 def _pooled(values: list[tuple[float, float]]) -> float:
     """Game-count weighted mean of (value, games) pairs; NaN if any part is missing."""
     if len(values) < len(SPLITS) or any(v is None or n is None or n <= 0 for v, n in values):
@@ -193,12 +224,17 @@ def load_run(run_dir: Path, root: Path) -> tuple[list[dict], Excluded | None, li
         return [], why, notes
     result = row.pop("_result")
     row["reference"] = row["method"] in REFERENCE_EVALS.values()  # e.g. mode=eval of the untrained student
+    actions, problems = action_columns(run_dir)
+    row.update(actions)
+    notes += problems
     rows = [row]
     for key, method in REFERENCE_EVALS.items():
         if isinstance(result.get(key), dict):
             try:
-                rows.append({**{k: v for k, v in row.items() if not k.startswith(SPLITS + ("all.",))},
-                             **_eval_columns(result[key]), "method": method, "verifier_free": True,
+                actions, problems = action_columns(run_dir, key)
+                notes += problems
+                rows.append({**{k: v for k, v in row.items() if not k.startswith(SPLITS + ("all.", "actions."))},
+                             **_eval_columns(result[key]), **actions, "method": method, "verifier_free": True,
                              "reference": True, "wall_time_s": None})
             except (ValueError, AttributeError, TypeError) as err:
                 notes.append(f"{row['run']}: {key} left out, malformed: {err}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.collect import DEGENERACY, SPLITS, TASK_TYPES, col
+from analysis.collect import DEGENERACY, SPLITS, TASK_TYPES, VERBS, col
 
 ROW_KEYS = ["group", "order", "label", "method", "verifier_free", "reference"]
 SPLIT_HEADERS = {"valid_seen": "Seen", "valid_unseen": "Unseen", "all": "All"}
@@ -137,6 +137,21 @@ def degeneracy_table(runs: pd.DataFrame) -> Table:
                "success or the step limit, so fewer turns means faster success); bold: best verifier-free.")
     return Table("degeneracy", "Degenerate behaviour in evaluation", caption, stats,
                  [Column(n, n, best="min") for n in columns.values()], _notes(stats))
+
+
+def actions_table(runs: pd.DataFrame) -> Table | None:
+    """Evaluation commands per 100 episodes by verb; None if no run kept its evaluation episodes."""
+    keys = [c for c in (*(f"actions.{v}" for v in VERBS), "actions.other") if c in runs]
+    if not keys or runs[keys].isna().all().all():
+        return None
+    keys = [k for k in keys if runs[k].fillna(0).ne(0).any()]  # a verb no agent used is no column
+    names = {k: k.split(".", 1)[1] for k in keys}
+    stats = aggregate(runs.dropna(subset=keys, how="all"), names, scale=dict.fromkeys(names.values(), 1.0))
+    caption = ("Commands per 100 evaluation episodes (both splits), by the command's first word, valid or "
+               "not; mean ± sample std over seeds. A verb a method stops using shows as 0.0: the task "
+               "types that need it (use: Look, a lamp; heat, cool, clean) cannot be won.")
+    return Table("actions", "What the agents do in evaluation: commands by verb", caption, stats,
+                 [Column(n, n, best=None) for n in names.values()], _notes(stats))
 
 
 PHASES = ("rollout", "judge", "scoring", "update")  # train.py's time_<phase>_s, in the order they run
@@ -274,6 +289,11 @@ def build_tables(runs: pd.DataFrame, curves: pd.DataFrame | None = None) -> tupl
     else:
         tables.append(ablation)
     tables.append(degeneracy_table(runs))
+    actions = actions_table(runs)
+    if actions is None:
+        skipped.append("actions table left out: no run kept its evaluation episodes (eval_episodes.jsonl)")
+    else:
+        tables.append(actions)
     cost = cost_table(runs, curves if curves is not None else pd.DataFrame())
     if cost is None:
         skipped.append("cost table left out: no training run logged step times (time_step_s in metrics.jsonl)")

@@ -264,6 +264,40 @@ def test_cost_table_wall_time_and_step_split(sweep: Path) -> None:
     assert "cost" not in {t.name for t in tables} and any("cost table left out" in s for s in skipped)
 
 
+def write_episodes(path: Path, episodes: list[list[str]]) -> None:
+    lines = "".join(json.dumps({"won": False, "turns": [{"action": a, "valid": True} for a in turns]}) + "\n"
+                    for turns in episodes)
+    path.write_bytes(gzip.compress(lines.encode()) if path.suffix == ".gz" else lines.encode())
+
+
+def test_actions_table_counts_verbs_per_100_episodes(sweep: Path) -> None:
+    """OPD seed s: two episodes, [go, use] and [go, take x s]: go 2/2 -> 100, use 1/2 -> 50, take
+    0, 50, 100 -> 50 ± 50. The teacher's (gzipped, as --copy-records writes it): one episode
+    [examine, Look]: other 200. close, move... are used by no agent: no column. Runs without
+    episode files have no row."""
+    for job, seed in ((0, 0), (1, 1), (2, 2)):  # the fixture's OPD runs
+        write_episodes(sweep / str(job) / "eval_episodes.jsonl",
+                       [["go to desk 1", "use desklamp 1"], ["go to bed 1", *["take pen 1 from bed 1"] * seed]])
+    ref = write_run(sweep / "ref", "warm_start", 0, 0.2, 0.1, extra_config={"mode": "eval"})
+    record = json.loads((ref / "result.json").read_text())
+    record["teacher_eval"] = {"valid_seen": split_block(0.9, 30, "valid_seen"),
+                              "valid_unseen": split_block(0.7, 10, "valid_unseen")}
+    (ref / "result.json").write_text(json.dumps(record))
+    write_episodes(ref / "eval_teacher_episodes.jsonl.gz", [["examine desk 1", "Look"]])
+    (sweep / "1" / "eval_teacher_episodes.jsonl").write_text("not json\n")  # an OPD run: ignored
+    collection = collect([sweep])
+    tables = {t.name: t for t in build_tables(collection.runs, collection.curves)[0]}
+    rows = markdown_rows(to_markdown(tables["actions"]))
+    assert rows["Method"] == ["go", "take", "use", "other", "Seeds"]
+    assert rows["OPD"] == ["100.0 ± 0.0", "50.0 ± 50.0", "50.0 ± 0.0", "0.0 ± 0.0", "3"]
+    assert rows["Teacher (reference)"] == ["0.0", "0.0", "0.0", "200.0", "1"]
+    assert set(rows) == {"Method", "OPD", "Teacher (reference)"}
+    # a broken episodes file is named, not fatal
+    write_episodes(ref / "eval_episodes.jsonl", [])
+    (ref / "eval_episodes.jsonl").write_text("{broken\n")
+    assert any("eval_episodes.jsonl: unreadable episodes" in n for n in collect([sweep]).notes)
+
+
 def test_ablation_table_needs_sage_and_an_ablation(tmp_path: Path) -> None:
     write_run(tmp_path / "s" / "0", "sage", 0, 0.5, 0.5)
     write_run(tmp_path / "s" / "1", "opd", 0, 0.5, 0.5)
