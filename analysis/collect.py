@@ -62,7 +62,8 @@ class Excluded:
 
 @dataclass
 class Collection:
-    """Complete runs (one row each), their training curves (one row per run and step), and the rest."""
+    """Complete runs (one row each), their training curves (one row per run and step), per-game
+    evaluation outcomes (one row per run, row label and game: `games`), and the rest."""
 
     runs: pd.DataFrame
     curves: pd.DataFrame
@@ -70,6 +71,7 @@ class Collection:
     group_keys: list[str] = field(default_factory=list)
     variant_keys: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    games: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def col(split: str, metric: str, task: str | None = None) -> str:
@@ -149,29 +151,35 @@ def read_curves(path: Path) -> tuple[pd.DataFrame, list[str]]:
     return frame, problems
 
 
-def action_columns(run_dir: Path, evaluation: str = "eval") -> tuple[dict[str, float], list[str]]:
-    """Commands per 100 evaluation episodes by verb (`actions.<verb>`, `actions.other`), read from the
-    evaluation's episodes file (`.jsonl`, or `.jsonl.gz` as `--copy-records` writes it); no columns
-    without the file. Each turn's command counts by its first word."""
+def read_episodes(run_dir: Path, evaluation: str = "eval") -> tuple[dict[str, float], dict, list[str]]:
+    """An evaluation's episodes file (`.jsonl`, or `.jsonl.gz` as `--copy-records` writes it) ->
+    (commands per 100 episodes by verb as `actions.<verb>` / `actions.other` columns,
+    {(split, game): mean of `won` over its episodes}, problems). Nothing without the file.
+    A command counts by its first word; a game is named by the last two folders of its file."""
     path = run_dir / EPISODE_FILES[evaluation]
     if not path.exists() and path.with_name(path.name + ".gz").exists():
         path = path.with_name(path.name + ".gz")
     if not path.exists():
-        return {}, []
+        return {}, {}, []
+    counts = dict.fromkeys((*VERBS, "other"), 0)
+    won: dict[tuple[str, str], list[bool]] = {}
     try:
         text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
-        counts = dict.fromkeys((*VERBS, "other"), 0)
-        episodes = 0
         for line in filter(str.strip, text.splitlines()):
-            episodes += 1
-            for turn in json.loads(line)["turns"]:
+            episode = json.loads(line)
+            for turn in episode["turns"]:
                 verb = (str(turn["action"]).split() or [""])[0].lower()
                 counts[verb if verb in counts else "other"] += 1
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        return {}, [f"{path}: unreadable episodes ({type(err).__name__}: {err}); no actions for this row"]
+            if episode.get("gamefile") and episode.get("split"):
+                game = "/".join(Path(str(episode["gamefile"])).parts[-3:-1])
+                won.setdefault((str(episode["split"]), game), []).append(bool(episode["won"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        return {}, {}, [f"{path}: unreadable episodes ({type(err).__name__}: {err}); no actions for this row"]
+    episodes = sum(1 for _ in filter(str.strip, text.splitlines()))
     if not episodes:
-        return {}, [f"{path}: no episodes; no actions for this row"]
-    return {f"actions.{verb}": 100 * n / episodes for verb, n in counts.items()}, []
+        return {}, {}, [f"{path}: no episodes; no actions for this row"]
+    return ({f"actions.{verb}": 100 * n / episodes for verb, n in counts.items()},
+            {key: sum(v) / len(v) for key, v in won.items()}, [])
 
 
 def _pooled(values: list[tuple[float, float]]) -> float:
@@ -224,17 +232,18 @@ def load_run(run_dir: Path, root: Path) -> tuple[list[dict], Excluded | None, li
         return [], why, notes
     result = row.pop("_result")
     row["reference"] = row["method"] in REFERENCE_EVALS.values()  # e.g. mode=eval of the untrained student
-    actions, problems = action_columns(run_dir)
-    row.update(actions)
+    actions, games, problems = read_episodes(run_dir)
+    row.update(actions, _games=games)
     notes += problems
     rows = [row]
     for key, method in REFERENCE_EVALS.items():
         if isinstance(result.get(key), dict):
             try:
-                actions, problems = action_columns(run_dir, key)
+                actions, games, problems = read_episodes(run_dir, key)
                 notes += problems
                 rows.append({**{k: v for k, v in row.items() if not k.startswith(SPLITS + ("all.", "actions."))},
-                             **_eval_columns(result[key]), **actions, "method": method, "verifier_free": True,
+                             **_eval_columns(result[key]), **actions, "_games": games,
+                             "method": method, "verifier_free": True,
                              "reference": True, "wall_time_s": None})
             except (ValueError, AttributeError, TypeError) as err:
                 notes.append(f"{row['run']}: {key} left out, malformed: {err}")
@@ -402,4 +411,10 @@ def collect(sweep_dirs: Sequence[str | Path], names: dict[str, str] | None = Non
             frame[key] = run[key]
         curve_frames.append(frame)
     curves = pd.concat(curve_frames, ignore_index=True) if curve_frames else pd.DataFrame()
-    return Collection(runs, curves, excluded, group_keys, variant_keys, notes)
+    games = pd.DataFrame([{"run": run, "method": method, "seed": seed, "group": group, "label": label,
+                           "reference": reference, "split": split, "game": game, "won": won}
+                          for run, method, seed, group, label, reference, outcomes in zip(
+                              runs["run"], runs["method"], runs["seed"], runs["group"], runs["label"],
+                              runs["reference"], runs.pop("_games"), strict=True)
+                          for (split, game), won in outcomes.items()])
+    return Collection(runs, curves, excluded, group_keys, variant_keys, notes, games)

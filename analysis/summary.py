@@ -108,7 +108,7 @@ def summarize(sweep_dirs: Sequence[str | Path], out_dir: str | Path | None = Non
         raise ValueError(f"no complete run below {', '.join(map(str, sweep_dirs))}; "
                          f"{len(collection.excluded)} left out, reasons in {out / 'report.md'}:\n"
                          + "\n".join(_excluded_lines(collection)))
-    tables, skipped = build_tables(collection.runs, collection.curves)
+    tables, skipped = build_tables(collection.runs, collection.curves, collection.games)
     write_tables(tables, out / "tables")
     _, skipped_plots = write_plots(collection.runs, collection.curves, out / "plots")
     collection.runs.drop(columns=["run_dir"]).to_csv(out / "runs.csv", index=False)
