@@ -94,7 +94,8 @@ def copy_records(runs_dir: Path, run_dirs: dict[str, Path]) -> int:
 def summarize(sweep_dirs: Sequence[str | Path], out_dir: str | Path | None = None,
               names: dict[str, str] | None = None, ignore_keys: Sequence[str] = (),
               where: dict[str, str] | None = None, records: bool = False) -> str:
-    """Write tables, plots, runs.csv, curves.csv and report.md; return the main table and file places.
+    """Write tables, plots, runs.csv, curves.csv and report.md; return the main and comparison
+    tables and file places.
 
     With records, also copy each used run's record files (result, config, metrics, evaluation
     episodes gzipped) to <out>/runs/<run name>/, so a committed results folder holds its evidence."""
@@ -118,7 +119,7 @@ def summarize(sweep_dirs: Sequence[str | Path], out_dir: str | Path | None = Non
     copied = copy_records(out / "runs", dict(zip(collection.runs["run"], map(Path, collection.runs["run_dir"]),
                                                  strict=True))) if records else 0
 
-    text = [to_markdown(tables[0])]
+    text = [to_markdown(t) for t in tables if t.name in ("main", "comparison")]
     if collection.excluded:
         text += [f"Left out {len(collection.excluded)} run(s):", *_excluded_lines(collection), ""]
     text.append(f"Tables ({', '.join(t.name for t in tables)}; .md .tex .csv) in {out / 'tables'}, "

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis import collect
+from analysis import collect, summarize
 from analysis.compare import paired_bootstrap
 from analysis.tables import build_tables, to_markdown
 from tests.test_analysis import markdown_rows, write_run
@@ -77,6 +77,8 @@ def test_comparison_table_from_run_folders(tmp_path: Path) -> None:
     assert rows["SAGE-OPD"][:6] == ["+50.0", "+0.0", "+100.0", "+25.0", "+0.0", "+75.0"]
     assert float(rows["SAGE-OPD"][6]) == pytest.approx(68.4, abs=2.5)
     assert set(rows) == {"Method", "SAGE-OPD"} and "OPD (3 seed(s))" in table and "(4 in All)" in table
+    printed = summarize([root], tmp_path / "out")  # what `python -m analysis` prints: both tables
+    assert printed.index("**Main results") < printed.index("**Difference to OPD") < printed.index("Tables (")
     # Without OPD's episodes there is nothing to compare with: the table is left out, with a note.
     games = collection.games[collection.games["method"] != "opd"]
     tables, skipped = build_tables(collection.runs, collection.curves, games)
