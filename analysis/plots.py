@@ -12,6 +12,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from analysis.collect import SPLITS, TASK_TYPES, col  # noqa: E402
+from analysis.compare import comparison_stats  # noqa: E402
 
 SPLIT_NAMES = {"valid_seen": "Seen", "valid_unseen": "Unseen", "all": "All"}
 LABELS = {"label_frac_skip": ("Skip", "#b0b0b0"), "label_frac_weak": ("Weak", "#f0a030"),
@@ -134,9 +135,35 @@ def plot_task_heatmap(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir / "task_types")
 
 
-def write_plots(runs: pd.DataFrame, curves: pd.DataFrame, out_dir: Path) -> tuple[list[Path], list[str]]:
+def plot_comparison(runs: pd.DataFrame, games: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Each method's difference to OPD (points) with its 95% paired-bootstrap interval, unseen and all."""
+    stats = comparison_stats(runs, games) if not games.empty else pd.DataFrame()
+    if stats.empty:
+        return []
+    stats, order, _ = _with_series(stats)
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.55 * len(order)))
+    for offset, (part, name, colour) in enumerate((("unseen", "Unseen", "#0072b2"), ("all", "All", "#d55e00"))):
+        y = [order.index(s) + (offset - 0.5) * 0.3 for s in stats["series"]]
+        delta = stats[f"{part}_delta"]
+        ax.errorbar(delta, y, xerr=[delta - stats[f"{part}_low"], stats[f"{part}_high"] - delta], fmt="o",
+                    color=colour, capsize=3, label=name)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(order)), order)
+    ax.invert_yaxis()
+    ax.set(xlabel="Success-rate difference to OPD (points)",
+           title="Difference to OPD with 95% bootstrap intervals (games and seeds)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    return _save(fig, out_dir / "comparison")
+
+
+def write_plots(runs: pd.DataFrame, curves: pd.DataFrame, out_dir: Path,
+                games: pd.DataFrame | None = None) -> tuple[list[Path], list[str]]:
     """Every figure the data allow; return the paths and a note for each figure left out."""
     paths, skipped = plot_success(runs, out_dir), []
+    made = plot_comparison(runs, games if games is not None else pd.DataFrame(), out_dir)
+    paths += made
+    if not made:
+        skipped.append("plot comparison left out: it needs evaluation episodes of OPD and of another method")
     for name, make, data in (("curves", plot_curves, curves), ("judge_labels", plot_labels, curves),
                              ("task_types", plot_task_heatmap, runs)):
         made = make(data, out_dir) if not data.empty else []

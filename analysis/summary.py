@@ -111,7 +111,7 @@ def summarize(sweep_dirs: Sequence[str | Path], out_dir: str | Path | None = Non
                          + "\n".join(_excluded_lines(collection)))
     tables, skipped = build_tables(collection.runs, collection.curves, collection.games)
     write_tables(tables, out / "tables")
-    _, skipped_plots = write_plots(collection.runs, collection.curves, out / "plots")
+    _, skipped_plots = write_plots(collection.runs, collection.curves, out / "plots", collection.games)
     collection.runs.drop(columns=["run_dir"]).to_csv(out / "runs.csv", index=False)
     collection.curves.to_csv(out / "curves.csv", index=False)
     (out / "report.md").write_text(render_report(collection, sweep_dirs, skipped + skipped_plots))

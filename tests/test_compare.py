@@ -11,7 +11,7 @@ import pytest
 from analysis import collect, summarize
 from analysis.compare import paired_bootstrap
 from analysis.tables import build_tables, to_markdown
-from tests.test_analysis import markdown_rows, write_run
+from tests.test_analysis import assert_real_image, markdown_rows, write_run
 
 GAMES = [("valid_seen", "a"), ("valid_seen", "b"), ("valid_unseen", "c"), ("valid_unseen", "d")]
 
@@ -79,6 +79,7 @@ def test_comparison_table_from_run_folders(tmp_path: Path) -> None:
     assert set(rows) == {"Method", "SAGE-OPD"} and "OPD (3 seed(s))" in table and "(4 in All)" in table
     printed = summarize([root], tmp_path / "out")  # what `python -m analysis` prints: both tables
     assert printed.index("**Main results") < printed.index("**Difference to OPD") < printed.index("Tables (")
+    assert_real_image(tmp_path / "out" / "plots" / "comparison.png")  # the same numbers, as a forest plot
     # Without OPD's episodes there is nothing to compare with: the table is left out, with a note.
     games = collection.games[collection.games["method"] != "opd"]
     tables, skipped = build_tables(collection.runs, collection.curves, games)
