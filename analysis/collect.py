@@ -79,6 +79,14 @@ def col(split: str, metric: str, task: str | None = None) -> str:
     return f"{split}.{metric}" + (f".{task}" if task else "")
 
 
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write under a temporary name in the same folder, then rename: a reader (or a crash) sees the
+    old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
 def _natural_key(path: Path) -> list:
     # Hydra job dirs are 0..N: sort 10 after 9.
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(path))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -32,8 +33,10 @@ def _with_series(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str], dict[str
 def _save(fig: plt.Figure, stem: Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+    for path in paths:  # under a temporary name, then renamed: never half a file
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix[1:])
+        os.replace(tmp, path)
     plt.close(fig)
     return paths
 

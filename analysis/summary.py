@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import gzip
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.collect import Collection, collect
+from analysis.collect import Collection, collect, write_atomic
 from analysis.plots import write_plots
 from analysis.tables import build_tables, to_markdown, write_tables
 
@@ -83,10 +82,8 @@ def copy_records(runs_dir: Path, run_dirs: dict[str, Path]) -> int:
         pairs = [(source / f, target / f, False) for f in RECORD_FILES if (source / f).exists()]
         pairs += [(f, target / f"{f.name}.gz", True) for f in sorted(source.glob(EPISODE_FILES))]
         for src, dst, compress in pairs:
-            tmp = dst.with_name(dst.name + ".tmp")
             data = src.read_bytes()
-            tmp.write_bytes(gzip.compress(data, mtime=0) if compress else data)
-            os.replace(tmp, dst)
+            write_atomic(dst, gzip.compress(data, mtime=0) if compress else data)
             count += 1
     return count
 
@@ -105,16 +102,16 @@ def summarize(sweep_dirs: Sequence[str | Path], out_dir: str | Path | None = Non
     collection = collect(sweep_dirs, names=names, ignore_keys=ignore_keys, where=where, skip=[out])
     out.mkdir(parents=True, exist_ok=True)
     if collection.runs.empty:
-        (out / "report.md").write_text(render_report(collection, sweep_dirs, []))
+        write_atomic(out / "report.md", render_report(collection, sweep_dirs, []))
         raise ValueError(f"no complete run below {', '.join(map(str, sweep_dirs))}; "
                          f"{len(collection.excluded)} left out, reasons in {out / 'report.md'}:\n"
                          + "\n".join(_excluded_lines(collection)))
     tables, skipped = build_tables(collection.runs, collection.curves, collection.games)
     write_tables(tables, out / "tables")
     _, skipped_plots = write_plots(collection.runs, collection.curves, out / "plots", collection.games)
-    collection.runs.drop(columns=["run_dir"]).to_csv(out / "runs.csv", index=False)
-    collection.curves.to_csv(out / "curves.csv", index=False)
-    (out / "report.md").write_text(render_report(collection, sweep_dirs, skipped + skipped_plots))
+    write_atomic(out / "runs.csv", collection.runs.drop(columns=["run_dir"]).to_csv(index=False))
+    write_atomic(out / "curves.csv", collection.curves.to_csv(index=False))
+    write_atomic(out / "report.md", render_report(collection, sweep_dirs, skipped + skipped_plots))
 
     copied = copy_records(out / "runs", dict(zip(collection.runs["run"], map(Path, collection.runs["run_dir"]),
                                                  strict=True))) if records else 0

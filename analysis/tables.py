@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.collect import DEGENERACY, SPLITS, TASK_TYPES, VERBS, col
+from analysis.collect import DEGENERACY, SPLITS, TASK_TYPES, VERBS, col, write_atomic
 from analysis.compare import REPLICATES, comparison_stats
 
 ROW_KEYS = ["group", "order", "label", "method", "verifier_free", "reference"]
@@ -341,6 +341,6 @@ def write_tables(tables: list[Table], out_dir: Path) -> list[Path]:
     for table in tables:
         for suffix, render in ((".md", to_markdown), (".tex", to_latex), (".csv", to_csv)):
             path = out_dir / f"{table.name}{suffix}"
-            path.write_text(render(table))
+            write_atomic(path, render(table))
             paths.append(path)
     return paths

@@ -389,7 +389,7 @@ def test_copy_records_puts_each_used_runs_evidence_beside_the_tables(
     assert len([p for p in (out / "runs").rglob("*") if p.is_file()]) == 40
     assert (copies / "0" / "result.json").read_bytes() == (sweep / "0" / "result.json").read_bytes()
     assert gzip.decompress((copies / "0" / "eval_episodes.jsonl.gz").read_bytes()).decode() == episodes
-    assert not list((out / "runs").rglob("*.tmp"))
+    assert not list(out.rglob("*.tmp"))  # every file written under a temporary name, then renamed
     # the copies are runs themselves: analysing them gives the same main table
     again = collect([out / "runs"]).runs
     assert markdown_rows(to_markdown(main_table(again))) == markdown_rows(to_markdown(main_table(collect([sweep]).runs)))
