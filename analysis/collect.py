@@ -171,10 +171,12 @@ def read_episodes(run_dir: Path, evaluation: str = "eval") -> tuple[dict[str, fl
         return {}, {}, []
     counts = dict.fromkeys((*VERBS, "other"), 0)
     won: dict[tuple[str, str], list[bool]] = {}
+    episodes = 0
     try:
         text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
         for line in filter(str.strip, text.splitlines()):
             episode = json.loads(line)
+            episodes += 1
             for turn in episode["turns"]:
                 verb = (str(turn["action"]).split() or [""])[0].lower()
                 counts[verb if verb in counts else "other"] += 1
@@ -182,10 +184,10 @@ def read_episodes(run_dir: Path, evaluation: str = "eval") -> tuple[dict[str, fl
                 game = "/".join(Path(str(episode["gamefile"])).parts[-3:-1])
                 won.setdefault((str(episode["split"]), game), []).append(bool(episode["won"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-        return {}, {}, [f"{path}: unreadable episodes ({type(err).__name__}: {err}); no actions for this row"]
-    episodes = sum(1 for _ in filter(str.strip, text.splitlines()))
+        return {}, {}, [f"{path}: unreadable episodes ({type(err).__name__}: {err}); "
+                        "no actions or per-game outcomes for this row"]
     if not episodes:
-        return {}, {}, [f"{path}: no episodes; no actions for this row"]
+        return {}, {}, [f"{path}: no episodes; no actions or per-game outcomes for this row"]
     return ({f"actions.{verb}": 100 * n / episodes for verb, n in counts.items()},
             {key: sum(v) / len(v) for key, v in won.items()}, [])
 

@@ -67,7 +67,7 @@ def comparison_stats(runs: pd.DataFrame, games: pd.DataFrame, baseline: str = BA
             common = own_table.columns.intersection(base_table.columns)
             # a game counts only where every seed of both rows played it
             common = [k for k in common if own_table[k].notna().all() and base_table[k].notna().all()]
-            found = {**row.to_dict()}
+            found = {**row.to_dict(), "n_seeds": len(own_table)}  # the seeds with episodes
             for name, split in (("unseen", "valid_unseen"), ("all", None)):
                 picked = sorted(k for k in common if split is None or k[0] == split)
                 if not picked:

@@ -68,7 +68,7 @@ def render_report(collection: Collection, sweep_dirs: Sequence[str | Path], extr
 
 
 RECORD_FILES = ("result.json", "config.json", "metrics.jsonl")
-EPISODE_FILES = "eval*_episodes.jsonl"  # copied gzipped: about 1 MB each as text, a tenth of it compressed
+EPISODE_GLOB = "eval*_episodes.jsonl"  # copied gzipped: about 1 MB each as text, a tenth of it compressed
 
 
 def copy_records(runs_dir: Path, run_dirs: dict[str, Path]) -> int:
@@ -80,7 +80,7 @@ def copy_records(runs_dir: Path, run_dirs: dict[str, Path]) -> int:
         target = runs_dir / name
         target.mkdir(parents=True, exist_ok=True)
         pairs = [(source / f, target / f, False) for f in RECORD_FILES if (source / f).exists()]
-        pairs += [(f, target / f"{f.name}.gz", True) for f in sorted(source.glob(EPISODE_FILES))]
+        pairs += [(f, target / f"{f.name}.gz", True) for f in sorted(source.glob(EPISODE_GLOB))]
         for src, dst, compress in pairs:
             data = src.read_bytes()
             write_atomic(dst, gzip.compress(data, mtime=0) if compress else data)

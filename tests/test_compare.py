@@ -92,10 +92,11 @@ def test_a_game_some_seed_did_not_play_is_left_out(tmp_path: Path) -> None:
     for seed in range(2):
         episodes(write_run(root / f"opd{seed}", "opd", seed, 0.5, 0.0), {"a"})
         episodes(write_run(root / f"sage{seed}", "sage", seed, 0.5, 0.5), {"a", "d"})
+    write_run(root / "sage2", "sage", 2, 0.5, 0.5)  # no episodes kept: not in the comparison's seeds
     lines = (root / "opd1" / "eval_episodes.jsonl").read_text().splitlines()
     (root / "opd1" / "eval_episodes.jsonl").write_text("\n".join(lines[:3]) + "\n")
     collection = collect([root])
     table = {t.name: t for t in build_tables(collection.runs, collection.curves, collection.games)[0]}["comparison"]
     rows = markdown_rows(to_markdown(table))
     # a, b, c: both win a only -> Δ All 0; unseen is c alone, both lose -> 0
-    assert rows["SAGE-OPD"][:6] == ["+0.0"] * 6 and "(3 in All)" in to_markdown(table)
+    assert rows["SAGE-OPD"] == ["+0.0"] * 6 + ["0.0", "2"] and "(3 in All)" in to_markdown(table)
