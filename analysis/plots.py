@@ -42,8 +42,8 @@ def _save(fig: plt.Figure, stem: Path) -> list[Path]:
 
 
 def _smooth_window(curves: pd.DataFrame) -> int:
-    # Per-step rollout success is over a few games only: average ~1/25 of the run.
-    return max(1, int(curves.groupby("run")["step"].count().median()) // 25)
+    # Per-step rollout success is over a few games only: average ~1/10 of the run (4 of 40 steps).
+    return max(1, int(curves.groupby("run")["step"].count().median()) // 10)
 
 
 def plot_success(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -67,8 +67,9 @@ def plot_success(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def plot_curves(curves: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Rollout success, loss and repeated-action rate against step: mean over seeds with a ±std band."""
-    metrics = [m for m in ("rollout_success", "loss", "repeated_action_rate")
+    """Rollout success, reverse KL to the teacher, loss and repeated-action rate against step: mean
+    over seeds with a ±std band."""
+    metrics = [m for m in ("rollout_success", "kl_student_teacher", "loss", "repeated_action_rate")
                if m in curves and curves[m].notna().any()]
     if not metrics:
         return []
@@ -80,6 +81,7 @@ def plot_curves(curves: pd.DataFrame, out_dir: Path) -> list[Path]:
             lambda v: v.astype(float).rolling(window, min_periods=1).mean())
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.6), squeeze=False)
     titles = {"rollout_success": "Rollout success", "loss": "Training loss",
+              "kl_student_teacher": "Reverse KL to the teacher (nats/token)",
               "repeated_action_rate": "Repeated-action rate"}
     for number, (ax, metric) in enumerate(zip(axes[0], metrics, strict=True)):
         sns.lineplot(curves, x="step", y=metric, hue="series", hue_order=order, palette=colours,
