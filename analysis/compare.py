@@ -17,6 +17,7 @@ import pandas as pd
 
 REPLICATES = 4000
 BASELINE = "opd"
+BASELINE_NAMES = {"opd": "OPD", "warm_start": "the warm-start student"}
 
 
 def _outcomes(games: pd.DataFrame) -> pd.DataFrame:
@@ -46,20 +47,21 @@ def paired_bootstrap(method: np.ndarray, baseline: np.ndarray, seed: int = 0,
 
 
 def comparison_stats(runs: pd.DataFrame, games: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
-    """One row per (group, method row) with evaluation episodes, beside the group's baseline row:
-    delta / low / high for unseen and all games, and p_above for all games. Empty if none."""
+    """One row per (group, method row) with evaluation episodes, beside the group's baseline row
+    (a method, or a reference row such as `warm_start`): delta / low / high for unseen and all
+    games, and p_above for all games. Reference rows are never compared. Empty if none."""
     keys = ["group", "order", "label", "method", "verifier_free", "reference"]
     if games.empty:
         return pd.DataFrame()
     out = []
-    methods = runs[~runs["reference"]].groupby(keys, sort=True, dropna=False).size().rename("n_seeds").reset_index()
-    for _, rows in methods.groupby("group", sort=False):
+    rows_all = runs.groupby(keys, sort=True, dropna=False).size().rename("n_seeds").reset_index()
+    for _, rows in rows_all.groupby("group", sort=False):
         base = rows[rows["method"] == baseline]
         if len(base) != 1:
             continue
         base_label = base["label"].iloc[0]
         base_games = games[(games["label"] == base_label) & (games["group"] == base["group"].iloc[0])]
-        for _, row in rows[rows["method"] != baseline].iterrows():
+        for _, row in rows[(rows["method"] != baseline) & ~rows["reference"]].iterrows():
             own = games[(games["label"] == row["label"]) & (games["group"] == row["group"])]
             if own.empty or base_games.empty:
                 continue

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.collect import DEGENERACY, SPLITS, TASK_TYPES, VERBS, col, write_atomic
-from analysis.compare import REPLICATES, comparison_stats
+from analysis.compare import BASELINE_NAMES, REPLICATES, comparison_stats
 
 ROW_KEYS = ["group", "order", "label", "method", "verifier_free", "reference"]
 SPLIT_HEADERS = {"valid_seen": "Seen", "valid_unseen": "Unseen", "all": "All"}
@@ -155,11 +155,13 @@ def actions_table(runs: pd.DataFrame) -> Table | None:
                  [Column(n, n, best=None) for n in names.values()], _notes(stats))
 
 
-def comparison_table(runs: pd.DataFrame, games: pd.DataFrame) -> Table | None:
-    """Each method's difference to OPD with a 95% interval (paired bootstrap over games and seeds)."""
-    stats = comparison_stats(runs, games)
+def comparison_table(runs: pd.DataFrame, games: pd.DataFrame, baseline: str = "opd") -> Table | None:
+    """Each method's difference to the baseline (OPD, or the warm start) with a 95% interval
+    (paired bootstrap over games and seeds)."""
+    stats = comparison_stats(runs, games, baseline)
     if stats.empty:
         return None
+    name = BASELINE_NAMES.get(baseline, baseline)
     columns = [Column("unseen_delta", "Δ Unseen", best=None, signed=True),
                Column("unseen_low", "Unseen 95% low", best=None, signed=True),
                Column("unseen_high", "Unseen 95% high", best=None, signed=True),
@@ -168,14 +170,15 @@ def comparison_table(runs: pd.DataFrame, games: pd.DataFrame) -> Table | None:
                Column("all_high", "All 95% high", best=None, signed=True),
                Column("p_above", "P(Δ All > 0) (%)", best=None)]
     games_n = stats["games"].dropna().astype(int)
-    base_seeds = sorted(set(runs.loc[(runs["method"] == "opd") & ~runs["reference"], "seed"]))
-    caption = (f"Success-rate difference to OPD ({len(base_seeds)} seed(s)) in points on the same games ({games_n.min()}"
+    base_seeds = sorted(set(runs.loc[runs["method"] == baseline, "seed"]))
+    caption = (f"Success-rate difference to {name} ({len(base_seeds)} seed(s)) in points on the same games ({games_n.min()}"
                + (f"-{games_n.max()}" if games_n.max() != games_n.min() else "")
                + " in All), with the 2.5-97.5 percentiles of a paired bootstrap that draws the games "
                f"and each method's seeds ({REPLICATES} replicates, rng seed 0). An interval holding 0 means "
-               "the ordering against OPD is noise at this size. One seed: its seed noise is not in the "
+               f"the ordering against {name} is noise at this size. One seed: its seed noise is not in the "
                "interval (too narrow). P(Δ All > 0): share of replicates where the method is ahead.")
-    return Table("comparison", "Difference to OPD, with 95% bootstrap intervals", caption, stats, columns,
+    table_name = "comparison" if baseline == "opd" else f"comparison_{baseline}"
+    return Table(table_name, f"Difference to {name}, with 95% bootstrap intervals", caption, stats, columns,
                  _notes(stats))
 
 
@@ -314,6 +317,9 @@ def build_tables(runs: pd.DataFrame, curves: pd.DataFrame | None = None,
                        "of OPD and of another method")
     else:
         tables.append(comparison)
+    to_warm_start = comparison_table(runs, games if games is not None else pd.DataFrame(), "warm_start")
+    if to_warm_start is not None:  # only where a `mode=eval` run kept the warm start's episodes
+        tables.append(to_warm_start)
     ablation = ablation_table(runs)
     if ablation is None:
         skipped.append("ablation table left out: it needs complete runs of sage and of at least one of "

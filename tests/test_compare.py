@@ -77,6 +77,21 @@ def test_comparison_table_from_run_folders(tmp_path: Path) -> None:
     assert rows["SAGE-OPD"][:6] == ["+50.0", "+0.0", "+100.0", "+25.0", "+0.0", "+75.0"]
     assert float(rows["SAGE-OPD"][6]) == pytest.approx(68.4, abs=2.5)
     assert set(rows) == {"Method", "SAGE-OPD"} and "OPD (3 seed(s))" in table and "(4 in All)" in table
+    # No warm-start episodes yet: no table against it. A `mode=eval` run that kept them (it won a, b):
+    assert "comparison_warm_start" not in tables
+    episodes(write_run(root / "reference", "warm_start", 0, 1.0, 0.0, extra_config={"mode": "eval"}), {"a", "b"})
+    collection = collect([root])
+    tables = {t.name: t for t in build_tables(collection.runs, collection.curves, collection.games)[0]}
+    rows = markdown_rows(to_markdown(tables["comparison_warm_start"]))
+    # OPD: a 0, b -1, c 0, d 0 -> Δ All -25 = -25 x Binomial(4, 1/4) draws of b: P(-75 or below) =
+    # 0.051, so the 2.5th percentile is -75, the 97.5th 0; unseen: both lose c and d -> 0
+    assert rows["OPD"][:6] == ["+0.0", "+0.0", "+0.0", "-25.0", "-75.0", "+0.0"]
+    # SAGE-OPD: a 0, b -1, c +1, d 0 -> Δ All 0; unseen +50 in [0, 100]
+    assert rows["SAGE-OPD"][:4] == ["+50.0", "+0.0", "+100.0", "+0.0"]
+    assert set(rows) == {"Method", "OPD", "SAGE-OPD"}  # reference rows are baselines, never compared
+    assert "Difference to the warm-start student" in to_markdown(tables["comparison_warm_start"])
+    assert markdown_rows(to_markdown(tables["comparison"]))["SAGE-OPD"][:6] == [
+        "+50.0", "+0.0", "+100.0", "+25.0", "+0.0", "+75.0"]  # the OPD comparison is unchanged by it
     printed = summarize([root], tmp_path / "out")  # what `python -m analysis` prints: both tables
     assert printed.index("**Main results") < printed.index("**Difference to OPD") < printed.index("Tables (")
     assert_real_image(tmp_path / "out" / "plots" / "comparison.png")  # the same numbers, as a forest plot
