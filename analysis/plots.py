@@ -13,7 +13,6 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from analysis.collect import SPLITS, TASK_TYPES, col  # noqa: E402
-from analysis.compare import comparison_stats  # noqa: E402
 
 SPLIT_NAMES = {"valid_seen": "Seen", "valid_unseen": "Unseen", "all": "All"}
 LABELS = {"label_frac_skip": ("Skip", "#b0b0b0"), "label_frac_weak": ("Weak", "#f0a030"),
@@ -140,9 +139,9 @@ def plot_task_heatmap(runs: pd.DataFrame, out_dir: Path) -> list[Path]:
     return _save(fig, out_dir / "task_types")
 
 
-def plot_comparison(runs: pd.DataFrame, games: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Each method's difference to OPD (points) with its 95% paired-bootstrap interval, unseen and all."""
-    stats = comparison_stats(runs, games) if not games.empty else pd.DataFrame()
+def plot_comparison(stats: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Each method's difference to OPD (points) with its 95% paired-bootstrap interval, unseen and all;
+    `stats` is the comparison table's (`analysis.compare.comparison_stats`), so the bootstrap runs once."""
     if stats.empty:
         return []
     stats, order, _ = _with_series(stats)
@@ -162,10 +161,11 @@ def plot_comparison(runs: pd.DataFrame, games: pd.DataFrame, out_dir: Path) -> l
 
 
 def write_plots(runs: pd.DataFrame, curves: pd.DataFrame, out_dir: Path,
-                games: pd.DataFrame | None = None) -> tuple[list[Path], list[str]]:
-    """Every figure the data allow; return the paths and a note for each figure left out."""
+                comparison: pd.DataFrame | None = None) -> tuple[list[Path], list[str]]:
+    """Every figure the data allow (`comparison`: the stats of the comparison with OPD); return the
+    paths and a note for each figure left out."""
     paths, skipped = plot_success(runs, out_dir), []
-    made = plot_comparison(runs, games if games is not None else pd.DataFrame(), out_dir)
+    made = plot_comparison(comparison if comparison is not None else pd.DataFrame(), out_dir)
     paths += made
     if not made:
         skipped.append("plot comparison left out: it needs evaluation episodes of OPD and of another method")

@@ -6,7 +6,7 @@ import gzip
 from collections.abc import Sequence
 from pathlib import Path
 
-from analysis.collect import Collection, collect, write_atomic
+from analysis.collect import EPISODE_FILES, Collection, collect, write_atomic
 from analysis.plots import write_plots
 from analysis.tables import build_tables, to_markdown, write_tables
 
@@ -68,7 +68,6 @@ def render_report(collection: Collection, sweep_dirs: Sequence[str | Path], extr
 
 
 RECORD_FILES = ("result.json", "config.json", "metrics.jsonl")
-EPISODE_GLOB = "eval*_episodes.jsonl"  # copied gzipped: about 1 MB each as text, a tenth of it compressed
 
 
 def copy_records(runs_dir: Path, run_dirs: dict[str, Path]) -> int:
@@ -80,7 +79,8 @@ def copy_records(runs_dir: Path, run_dirs: dict[str, Path]) -> int:
         target = runs_dir / name
         target.mkdir(parents=True, exist_ok=True)
         pairs = [(source / f, target / f, False) for f in RECORD_FILES if (source / f).exists()]
-        pairs += [(f, target / f"{f.name}.gz", True) for f in sorted(source.glob(EPISODE_GLOB))]
+        # the episode files the analysis reads, gzipped: about 1 MB each as text, a tenth compressed
+        pairs += [(source / f, target / f"{f}.gz", True) for f in EPISODE_FILES.values() if (source / f).exists()]
         for src, dst, compress in pairs:
             data = src.read_bytes()
             write_atomic(dst, gzip.compress(data, mtime=0) if compress else data)
@@ -108,7 +108,8 @@ def summarize(sweep_dirs: Sequence[str | Path], out_dir: str | Path | None = Non
                          + "\n".join(_excluded_lines(collection)))
     tables, skipped = build_tables(collection.runs, collection.curves, collection.games)
     write_tables(tables, out / "tables")
-    _, skipped_plots = write_plots(collection.runs, collection.curves, out / "plots", collection.games)
+    comparison = next((t.stats for t in tables if t.name == "comparison"), None)
+    _, skipped_plots = write_plots(collection.runs, collection.curves, out / "plots", comparison)
     write_atomic(out / "runs.csv", collection.runs.drop(columns=["run_dir"]).to_csv(index=False))
     write_atomic(out / "curves.csv", collection.curves.to_csv(index=False))
     write_atomic(out / "report.md", render_report(collection, sweep_dirs, skipped + skipped_plots))
