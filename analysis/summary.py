@@ -18,7 +18,8 @@ def _excluded_lines(collection: Collection) -> list[str]:
 
 def _seed_lines(collection: Collection) -> list[str]:
     lines = []
-    for group, runs in collection.runs.groupby("group"):
+    methods = collection.runs[~collection.runs["reference"]]  # one evaluation of a fixed model: no seeds
+    for group, runs in methods.groupby("group"):
         seeds = runs.groupby("label")["seed"].apply(lambda s: sorted(s.tolist()))
         most = seeds.map(len).max()
         for label, have in seeds.items():
@@ -43,7 +44,8 @@ def _version_lines(collection: Collection) -> list[str]:
 def render_report(collection: Collection, sweep_dirs: Sequence[str | Path], extra: list[str]) -> str:
     """report.md: which runs were used, which were left out and why, seeds, grouping, warnings."""
     runs = collection.runs
-    used, left = len(runs), len(collection.excluded)
+    # folders, not rows: a reference run gives two rows (the warm start and the teacher)
+    used, left = (runs["run"].nunique() if len(runs) else 0), len(collection.excluded)
     lines = ["# Analysis report", "", f"Sweep folders: {', '.join(map(str, sweep_dirs))}",
              f"Run folders found: {used + left}; complete and used: {used}; left out: {left}.", ""]
     if left:

@@ -147,6 +147,12 @@ def test_reference_rows_teacher_and_warm_start(sweep: Path) -> None:
     assert rows["SAGE-OPD"][:3] == ["**60.0 ± 0.0**", "**60.0 ± 10.0**", "**60.0 ± 2.5**"]
     assert set(collection.curves["method"]) == {"opd", "sage", "no_gate", "sft", "oracle_gate"}
     assert not any("no metrics.jsonl" in n for n in collection.notes if "ref" in n and "teacher" in n)
+    # report.md counts folders (the 15 of the fixture + ref), not its 16 rows; reference rows have no seeds
+    summarize([sweep], sweep.parent / "out")
+    report = (sweep.parent / "out" / "report.md").read_text()
+    assert "Run folders found: 16; complete and used: 14; left out: 2." in report
+    assert "SFT: 1 seed(s) [0], others have 3" in report
+    assert "warm start: 1 seed" not in report and "Teacher (reference): 1 seed" not in report
 
 
 def test_std_of_one_and_three_seeds_and_numbers_in_csv(sweep: Path) -> None:
