@@ -36,6 +36,9 @@ METHOD_NAMES = {
     "no_conf": "w/o confidence",
     "no_norm": "w/o normalization",
     "oracle_gate": "Oracle gate",
+    "guided_opd": "Guided-OPD",
+    "tcod": "TCOD",
+    "atod": "ATOD",  # not verifier-free: its rows get † from the run record, as oracle_gate's
 }
 # Reference rows: a result.json's extra evaluations, each shown as a row of its own.
 REFERENCE_EVALS = {"teacher_eval": "teacher", "initial_eval": "warm_start"}
@@ -45,7 +48,7 @@ EPISODE_FILES = {"eval": "eval_episodes.jsonl", "teacher_eval": "eval_teacher_ep
 # ALFWorld command verbs counted in the actions table (examine, look, inventory... count as other).
 VERBS = ("go", "open", "close", "take", "move", "use", "heat", "cool", "clean")
 # Used only when a result.json lacks the `verifier_free` flag.
-NOT_VERIFIER_FREE = {"oracle_gate"}
+NOT_VERIFIER_FREE = {"oracle_gate", "atod"}
 # Keys that name places or jobs: they differ between runs without changing the experiment.
 IGNORED_KEYS = ("seed", "method.name", "*dir", "*path", "*output*", "hydra.*", "*job*", "*timestamp*")
 

@@ -15,7 +15,8 @@ from analysis.compare import BASELINE_NAMES, REPLICATES, comparison_stats
 ROW_KEYS = ["group", "order", "label", "method", "verifier_free", "reference"]
 SPLIT_HEADERS = {"valid_seen": "Seen", "valid_unseen": "Unseen", "all": "All"}
 ABLATIONS = ("no_gate", "no_conf", "no_norm")
-DAGGER_NOTE = "† Not verifier-free: the gate reads the environment's success signal (an upper bound)."
+DAGGER_NOTE = ("† Not verifier-free: reads the environment's success signal (the oracle gate: an upper bound; "
+               "ATOD: its RL reward).")
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,7 @@ def comparison_table(runs: pd.DataFrame, games: pd.DataFrame, baseline: str = "o
 
 
 PHASES = ("rollout", "judge", "scoring", "update")  # train.py's time_<phase>_s, in the order they run
+ROLLOUT_PARTS = ("generate", "env")  # time_generate_s, time_env_s: parts of time_rollout_s, shown after it
 
 
 def cost_table(runs: pd.DataFrame, curves: pd.DataFrame) -> Table | None:
@@ -196,14 +198,17 @@ def cost_table(runs: pd.DataFrame, curves: pd.DataFrame) -> Table | None:
     timed = curves.dropna(subset=["time_step_s"])
     per_run = timed.groupby("run").agg(steps=("step", "size"), train_s=("time_step_s", "sum"),
                                        step_s=("time_step_s", "mean"),
-                                       **{p: (f"time_{p}_s", "mean") for p in PHASES if f"time_{p}_s" in timed})
+                                       **{p: (f"time_{p}_s", "mean") for p in PHASES + ROLLOUT_PARTS
+                                          if f"time_{p}_s" in timed})
     methods = runs[~runs["reference"]].merge(per_run, left_on="run", right_index=True)
     if methods.empty:
         return None
     methods = methods.assign(wall_min=methods["wall_time_s"].astype(float) / 60, train_min=methods["train_s"] / 60)
     phases = [p for p in PHASES if p in methods and methods[p].notna().any()]
+    parts = [p for p in ROLLOUT_PARTS if "rollout" in phases and p in methods and methods[p].notna().any()]
+    shown = [c for p in phases for c in ([p, *parts] if p == "rollout" else [p])]
     names = {"wall_min": "Wall (min)", "train_min": "Training (min)", "steps": "Steps", "step_s": "Step (s)",
-             **{p: f"{p.capitalize()} (s)" for p in phases}}
+             **{p: f"{p.capitalize()} (s)" for p in shown}}
     stats = aggregate(methods, names, scale={n: 1.0 for n in names.values()})
     walls = runs.dropna(subset=["wall_time_s"]).drop_duplicates("run")["wall_time_s"].astype(float)
     notes = [f"Sweep: {len(walls)} run folders, {walls.sum() / 3600:.2f} h of wall time in all "
@@ -211,7 +216,9 @@ def cost_table(runs: pd.DataFrame, curves: pd.DataFrame) -> Table | None:
     caption = ("Mean ± sample std over seeds. Wall: the run's finishing attempt, from start to result.json "
                "(training, evaluation, loading). Training: the sum of the logged step times. Step and its "
                "phases (" + ", ".join(phases) + "): seconds per training step, means over the run's steps; "
-               "the phases add up to the step. Times depend on the machine and on what ran beside the run.")
+               "the phases add up to the step"
+               + ("; Generate and Env are the parts of Rollout spent generating and in the env engine" if parts else "")
+               + ". Times depend on the machine and on what ran beside the run.")
     return Table("cost", "Wall time and training-step time split", caption, stats,
                  [Column(n, n, best=None) for n in names.values()], _notes(stats) + notes)
 

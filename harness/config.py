@@ -3,38 +3,70 @@ with the field's name, and every field documents itself (`python -m harness --cf
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import typing
+import warnings
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from harness.agent.prompt import PromptSettings
+from harness.agent.sampler import RolloutSettings
+from harness.envs.generate import SuiteSpec
+from harness.loop.judge import JudgeSettings
+from harness.models import LoraSettings
+from methods import Method
 
 
-@dataclass
-class MethodConfig:
-    """Which method, and its knobs (sage_opd.md). null = the method's own default."""
+def schema_of(component: type, name: str, *, before: tuple = (), after: tuple = (), drop: tuple[str, ...] = (),
+              optional: bool = False) -> type:
+    """A Hydra structured config holding `component`'s own fields, types and defaults (tuples as
+    lists), so each knob has one default: the component's. `optional`: every field defaults to None
+    (= the component's default); `before`/`after`: config-only (name, type, default) fields."""
+    hints = typing.get_type_hints(component)
+    own = []
+    for f in fields(component):
+        if f.name in drop:
+            continue
+        default = None if optional else (f.default if f.default is not MISSING else f.default_factory())
+        kind = _hydra_type(hints[f.name])
+        own.append((f.name, typing.Optional[kind] if optional else kind, default))  # noqa: UP045 (a runtime type)
+    specs = [(n, t, field(default_factory=lambda d=d: list(d)) if isinstance(d, (list, tuple)) else field(default=d))
+             for n, t, d in (*before, *own, *after)]
+    schema = make_dataclass(name, specs)
+    schema.__module__ = __name__
+    schema.__doc__ = f"The knobs of {component.__module__}.{component.__name__} (its docstrings say what each does)."
+    return schema
 
-    name: str = "sage"
-    estimator: str | None = None  # full_kl | sampled | jsd
-    judge_mode: str | None = None  # argmax | expected
-    alpha: float | None = None  # gate weight of a Weak turn
-    confidence: str | None = None  # token | turn | none
-    norm_scope: str | None = None  # batch | sequence
-    beta: float | None = None  # jsd: 0 forward KL, 1 reverse KL
-    clip_eps: float | None = None  # PPO clip of the sampled estimator
-    temperature: float | None = None  # teacher temperature
-    sft_source: str = "teacher"  # sft only: teacher | expert trajectories
+
+def _hydra_type(kind: Any) -> Any:
+    """OmegaConf has no tuples: tuple[str, ...] (or tuple[str, str, str]) becomes list[str]."""
+    if typing.get_origin(kind) is tuple:
+        return list[typing.get_args(kind)[0]]
+    return kind
 
 
-@dataclass
-class SuiteConfig:
-    """The generated offline suite (env=alfworld_synth)."""
+def build(component: type, node: Any, **given: Any) -> Any:
+    """`component` from its config node: the node's values of the component's fields (lists as
+    tuples; config-only keys left out), then `given`."""
+    names = {f.name for f in fields(component)}
+    plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in plain.items() if k in names}
+    return component(**(values | given))
 
-    seed: int = 0
-    n_train: int = 2000  # the tiny teacher needs many demonstrations (the real benchmark has 3,553)
-    n_valid_seen: int = 140
-    n_valid_unseen: int = 134
-    receptacles_per_room: int = 8
-    distractors: int = 4
+
+METHOD_DEFINING = ("trajectory_source", "gate", "normalize")
+"""Knobs a method is made of (methods/): chosen by method=NAME, never overridden."""
+
+MethodConfig = schema_of(Method, "MethodConfig", optional=True, drop=("name", *METHOD_DEFINING),
+                         before=(("name", str, "sage"),),
+                         after=(("sft_source", str, "teacher"),))  # sft only: teacher | expert trajectories
+"""Which method (methods/ registry) and its knobs; null = the method's own default."""
+
+
+SuiteConfig = schema_of(SuiteSpec, "SuiteConfig")
+"""The generated offline suite (env=alfworld_synth; harness/envs/generate.py)."""
 
 
 @dataclass
@@ -45,7 +77,8 @@ class EnvConfig:
     data_root: str | None = None  # folder with json_2.1.1/; alfworld: default $ALFWORLD_DATA
     task_types: list[str] | None = None  # null = all six; names, short names (Pick2) or ids 1-6
     max_steps: int = 30  # step cap per episode
-    num_workers: int = 2  # env worker processes
+    num_workers: int | None = None  # env worker processes; null = one per usable core (or the Slurm allocation)
+    fast_engine: bool = True  # exact engine speed-ups in the env workers (harness/envs/engine_cache.py)
     on_malformed: str = "skip"  # skip (count) | error
     suite: SuiteConfig = field(default_factory=SuiteConfig)
 
@@ -60,15 +93,8 @@ class ModelEntry:
     gguf_file: str | None = None
 
 
-@dataclass
-class LoraConfig:
-    """Optional LoRA on the student (peft)."""
-
-    enabled: bool = False
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+LoraConfig = schema_of(LoraSettings, "LoraConfig", before=(("enabled", bool, False),))
+"""Optional LoRA on the student (peft; harness/models.py); enabled: whether to apply it."""
 
 
 @dataclass
@@ -94,6 +120,13 @@ class TinyConfig:
     judge_heldout_games: int = 20  # the first train games, kept out, to report the judge's accuracy
     recovery_games: int = 200  # train games played by a noisy expert, labelled with its recovery (0: off)
     recovery_noise: float = 0.3  # chance per turn of an off-plan, invalid or repeated command there
+    # DAgger after the teacher's SFT (harness/dagger.py): roll the teacher out on train games, label
+    # every state with the exploring expert, fine-tune on demonstrations + corrections; 0 = off
+    dagger_rounds: int = 0
+    dagger_games: int = 200  # train games per round (greedy and at temperature 1 each)
+    dagger_steps: int = 300  # SFT steps per round, continuing from the current teacher
+    dagger_lr: float = 2e-4
+    dagger_share: float = 0.5  # share of each SFT batch drawn from the corrections
 
 
 @dataclass
@@ -105,32 +138,28 @@ class ModelConfig:
     tiny: TinyConfig = field(default_factory=TinyConfig)
 
 
-@dataclass
-class PromptConfig:
-    """What the agent sees each turn (harness/agent/prompt.py)."""
+PromptConfig = schema_of(
+    PromptSettings, "PromptConfig",
+    before=(("layout", str, RolloutSettings.layout),),  # window (one datum per turn) | full (one per trajectory)
+    after=(("max_new_tokens", int | None, None),))  # deprecated: rollout.max_new_tokens
+"""What the agent sees each turn (harness/agent/prompt.py) and the chat layout."""
 
-    layout: str = "window"  # window (one datum per turn) | full (one datum per trajectory)
-    history: int = 2  # past (observation, action) pairs in the window; -1 = all
-    show_admissible: bool = True
-    answer_format: str = "action"  # action (tiny) | think_action (<think>/<action> for LLMs)
-    drop_help: bool = True
-    system_prompt: str | None = None
-    max_new_tokens: int = 24
+JudgeConfig = schema_of(JudgeSettings, "JudgeConfig", after=(("batch_size", int, 32),))  # judge prompts per forward
+"""The teacher as turn judge (harness/loop/judge.py); template relative to conf/ or absolute."""
 
+BACKENDS = ("hf",)
+"""Generation backends of the rollout (harness/agent/sampler.py)."""
 
-@dataclass
-class JudgeConfig:
-    """The teacher as turn judge (harness/judge.py)."""
-
-    template: str = "judge/default.txt"  # relative to conf/, or an absolute path
-    history: int = 2
-    labels: list[str] = field(default_factory=lambda: ["Skip", "Weak", "Strong"])
-    batch_size: int = 32
+RolloutConfig = schema_of(
+    RolloutSettings, "RolloutConfig", drop=("layout", "greedy", "max_turns", "max_batch_envs"),
+    before=(("backend", str, "hf"),))  # hf (transformers generate); vllm is not supported here
+"""How training rollouts are sampled (harness/agent/sampler.py); eval.* sets evaluation's sampling,
+prompt.layout the layout and env.max_steps the turns."""
 
 
 @dataclass
 class TrainConfig:
-    """The distillation loop (harness/train.py)."""
+    """The distillation loop (harness/loop/train.py)."""
 
     steps: int = 40
     envs_per_step: int = 16  # episodes rolled out per optimizer step
@@ -140,8 +169,8 @@ class TrainConfig:
     warmup_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    temperature: float = 1.0  # sampling temperature of training rollouts
-    top_p: float = 1.0
+    temperature: float | None = None  # deprecated: rollout.temperature
+    top_p: float | None = None  # deprecated: rollout.top_p
     checkpoint_every: int = 10
     chunk_size: int = 1024  # positions per vocabulary chunk in scoring
     stop_after: int | None = None  # stop (as if preempted) after this many steps; for tests
@@ -149,7 +178,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Evaluation on valid_seen / valid_unseen (harness/evaluate.py)."""
+    """Evaluation on valid_seen / valid_unseen (harness/loop/evaluate.py)."""
 
     splits: list[str] = field(default_factory=lambda: ["valid_seen", "valid_unseen"])
     max_games: int | None = None  # per split; null = all (140 / 134 on the real benchmark)
@@ -160,6 +189,18 @@ class EvalConfig:
     batch_envs: int = 64
     eval_teacher: bool = False  # also evaluate the teacher (reference row)
     eval_initial: bool = False  # also evaluate the student before training
+
+
+@dataclass
+class LoggerConfig:
+    """An experiment tracker fed every metrics.jsonl line and the final success (harness/loggers.py)."""
+
+    name: str = "none"  # none | wandb | tensorboard (conf/logger/)
+    mode: str = "offline"  # wandb: offline (no network; wandb sync later) | online | disabled
+    project: str = "sage-opd"  # wandb project
+    entity: str | None = None  # wandb entity (user or team); null = wandb's default
+    run_name: str | None = None  # null = the run dir's name
+    dir: str | None = None  # null = the run dir (wandb/ or tensorboard/ in it)
 
 
 @dataclass
@@ -176,8 +217,10 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def register_configs() -> None:
@@ -188,6 +231,50 @@ def register_configs() -> None:
 
 def to_plain(cfg: Any) -> dict:
     """An OmegaConf config (or dataclass) -> a plain, JSON-ready dict."""
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_container(OmegaConf.structured(cfg) if not OmegaConf.is_config(cfg) else cfg, resolve=True)
+
+
+RENAMED = {"prompt.max_new_tokens": "rollout.max_new_tokens", "train.temperature": "rollout.temperature",
+           "train.top_p": "rollout.top_p"}
+"""Deprecated key -> its new key; the old names work (with a warning) until the next release."""
+
+
+def apply_renamed(cfg: Any, log=print) -> None:
+    """Move values set under a deprecated name (RENAMED) to the new key, saying so. The old name
+    wins, as an override of it did before (a model or experiment file may set the new key).
+    The old key is then null (config.json keeps the new one)."""
+    for old, new in RENAMED.items():
+        value = OmegaConf.select(cfg, old)
+        if value is None:
+            continue
+        message = (f"{old} is deprecated and will be removed in the next release: use {new}={value} "
+                   f"(it replaces {new}={OmegaConf.select(cfg, new)})")
+        warnings.warn(message, FutureWarning, stacklevel=2)
+        log(f"warning: {message}")
+        OmegaConf.update(cfg, new, value)
+        OmegaConf.update(cfg, old, None)
+
+
+def renamed_record(config: dict) -> dict:
+    """A run record's config (config.json) under today's names: RENAMED keys moved, nulls dropped."""
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for old, new in RENAMED.items():
+        (old_group, old_key), (new_group, new_key) = old.split("."), new.split(".")
+        value = config.get(old_group, {}).pop(old_key, None)
+        if value is not None:
+            config.setdefault(new_group, {}).setdefault(new_key, value)
+    return config
+
+
+def rollout_settings(cfg: Any, evaluation: bool = False) -> RolloutSettings:
+    """The one place RolloutSettings is built: training rollouts (rollout.*), or with `evaluation`
+    the eval.* sampling (greedy, temperature, top_p); layout and turns from prompt.* and env.*."""
+    backend = cfg.rollout.backend
+    if backend == "vllm":
+        raise ValueError("rollout.backend=vllm: vllm is not installed and not supported by this harness yet; "
+                         "use rollout.backend=hf (transformers generate)")
+    if backend not in BACKENDS:
+        raise ValueError(f"rollout.backend must be one of {BACKENDS}, not {backend!r}")
+    sampling = {"greedy": cfg.eval.greedy, "temperature": cfg.eval.temperature, "top_p": cfg.eval.top_p}
+    return build(RolloutSettings, cfg.rollout, layout=cfg.prompt.layout, max_turns=cfg.env.max_steps,
+                 **(sampling if evaluation else {}))

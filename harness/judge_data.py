@@ -22,7 +22,7 @@ from harness.agent.rollout import chat_tokens
 from harness.agent.trajectory import Datum
 from harness.envs import EnvPool, discover_games, interleave_task_types
 from harness.envs.experts import ExploringExpert, kind_of
-from harness.judge import (
+from harness.loop.judge import (
     LABEL_NAMES,
     JudgeSettings,
     fitted_prompt,

@@ -24,13 +24,10 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from harness import cache
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 SMOLLM2_PRESET = "smollm2-135m-instruct"
-
-
-def cache_root() -> Path:
-    """Where converted models are cached: `$SAGE_OPD_CACHE/models` or ~/.cache/sage-opd/models."""
-    return Path(os.environ.get("SAGE_OPD_CACHE", "~/.cache/sage-opd")).expanduser() / "models"
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -154,17 +151,13 @@ class LoraSettings:
     """LoRA on the student; the knobs of peft's LoraConfig that matter here."""
 
     rank: int = 16
-    alpha: float = 32.0  # the update is scaled by alpha / rank
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = (
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    )
+    """Adapter rank r."""
+    alpha: float = 32.0
+    """The update is scaled by alpha / rank."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Linear layers (by name) that get adapters: the attention projections."""
 
 
 def apply_lora(model: PreTrainedModel, settings: LoraSettings) -> PeftModel:
@@ -356,7 +349,7 @@ def smollm2_gguf_path() -> Path:
 def smollm2_path() -> Path:
     """A cached safetensors copy of SmolLM2-135M-Instruct, converted from the GGUF once (~20 s)."""
     gguf = smollm2_gguf_path()
-    target = cache_root() / f"{SMOLLM2_PRESET}-{gguf.stat().st_size}"
+    target = cache.cache_root() / "models" / f"{SMOLLM2_PRESET}-{gguf.stat().st_size}"
     if not (target / "config.json").exists():
         model = load_model(gguf.parent, dtype="float32", device="cpu", gguf_file=gguf.name)
         tokenizer = load_tokenizer(gguf.parent, gguf_file=gguf.name)

@@ -9,7 +9,6 @@ at once) wait for one builder instead of racing, and the result is renamed into 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -22,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from harness import shipped
+from harness import cache
 from harness.agent.prompt import PromptSettings
+from harness.dagger import DaggerSettings
 from harness.envs import EnvPool, discover_games, interleave_task_types
 from harness.envs.demos import load_jsonl, play_experts, save_jsonl
 from harness.sft import SFTSettings, action_accuracy, demo_data, train_sft
@@ -58,6 +58,10 @@ class TinySettings:
     task names and which number it has in view, instead of memorizing object/place pairs."""
     rename_lamps: bool = False
     """Whether the copies also rename the lamps (`use X`): off, a lamp stays a lamp."""
+    dagger: DaggerSettings = field(default_factory=DaggerSettings)
+    """DAgger rounds after the teacher's SFT: a cache stage of its own (harness/dagger.py)."""
+    max_new_tokens: int = 12
+    """Reply cap of the teacher's DAgger rollouts (prompt.max_new_tokens of the runs)."""
     seed: int = 0
 
 
@@ -80,6 +84,7 @@ def _suite_id(suite_root: Path) -> str:
 
 
 STUDENT_FIELDS = ("student", "student_sft", "student_demos")
+DAGGER_FIELDS = ("dagger", "max_new_tokens")  # a stage after the base teacher: not in its key
 
 
 def _hash(blob: dict) -> str:
@@ -88,9 +93,15 @@ def _hash(blob: dict) -> str:
 
 def _cache_key(suite_root: Path, settings: TinySettings, prompt: PromptSettings, extra_key: str) -> str:
     """The teacher's key: everything that made it (the student's fields excluded)."""
-    teacher = {k: v for k, v in asdict(settings).items() if k not in STUDENT_FIELDS}
+    teacher = {k: v for k, v in asdict(settings).items() if k not in STUDENT_FIELDS + DAGGER_FIELDS}
     return _hash({"v": PREPARE_VERSION, "suite": _suite_id(suite_root), "settings": teacher,
                   "prompt": asdict(prompt), "extra": extra_key})
+
+
+def _dagger_key(teacher_key: str, settings: TinySettings) -> str:
+    """The DAgger teacher's key: the base teacher's key and the DAgger knobs."""
+    return _hash({"v": PREPARE_VERSION, "teacher": teacher_key,
+                  "dagger": {k: v for k, v in asdict(settings).items() if k in DAGGER_FIELDS}})
 
 
 def _student_key(teacher_key: str, settings: TinySettings) -> str:
@@ -197,6 +208,46 @@ def _sft(role: str, spec: TinyModelSpec, sft: SFTSettings, data, heldout_data, t
     return report, model
 
 
+def _teacher_data(demos, tokenizer, settings: TinySettings, prompt: PromptSettings, extra_teacher_data):
+    """(the teacher's SFT data, the held-out demonstrations' data)."""
+    heldout, train = _split(demos, settings)
+    teacher_data = demo_data(train + renamed_copies(train, settings.renamed_copies, settings.seed, settings.rename_lamps),
+                             tokenizer, prompt, settings.layout)
+    if extra_teacher_data is not None:
+        teacher_data += extra_teacher_data(tokenizer, train)
+    return teacher_data, demo_data(heldout, tokenizer, prompt, settings.layout)
+
+
+def _build_dagger_teacher(suite_root: Path, out: Path, base_dir: Path, settings: TinySettings, prompt: PromptSettings,
+                          extra_teacher_data, teacher_report, log, device: str = "cpu") -> dict:
+    """The base teacher, then `settings.dagger.rounds` DAgger rounds on train games after the
+    held-out ones, each fine-tuning on the demonstrations plus every correction so far."""
+    from harness.dagger import dagger_rounds
+    from harness.models import load_model, load_tokenizer
+
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(str(base_dir / "teacher"))
+    teacher = load_model(str(base_dir / "teacher"), device=device)
+    teacher.requires_grad_(True)
+    demos = cached_demos(suite_root, base_dir.parent, log)
+    base_data, heldout_data = _teacher_data(demos, tokenizer, settings, prompt, extra_teacher_data)
+    games = interleave_task_types(discover_games(suite_root, "train").games)
+    games = games[min(settings.heldout_demos, max(1, len(games) // 5)):]  # after the held-out ones (_split)
+    with EnvPool(max_steps=30) as pool:
+        rounds = dagger_rounds(teacher, tokenizer, pool, games, base_data, settings.dagger, prompt, settings.layout,
+                               settings.max_new_tokens, 30, settings.teacher_sft.batch_size, settings.seed, log)
+    accuracy = action_accuracy(teacher, heldout_data, tokenizer, tokenizer.pad_token_id)
+    save_tiny(teacher, tokenizer, out / "teacher", settings.teacher)
+    report = json.loads((base_dir / "report.json").read_text())
+    report["teacher"] = {**report["teacher"], "heldout_action_accuracy": accuracy}
+    report["dagger"] = {"rounds": rounds, "build_s": time.perf_counter() - started, "base_teacher": base_dir.name}
+    log("prepare: DAgger teacher held-out next-action exact match: " + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
+    if teacher_report is not None:
+        report["teacher_judge"] = teacher_report(teacher, tokenizer)
+        log(f"prepare: DAgger teacher judge accuracy on held-out turns: {report['teacher_judge']}")
+    return report
+
+
 def _build_teacher(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSettings,
                    extra_teacher_data, extra_words: list[str], teacher_report, log, device: str = "cpu") -> dict:
     started = time.perf_counter()
@@ -206,12 +257,7 @@ def _build_teacher(suite_root: Path, out: Path, settings: TinySettings, prompt: 
     tokenizer = build_tokenizer(corpus, extra_words=list(extra_words) + [
         "your", "task", "is", "to", "observation", "action", "admissible", "actions", "you", "have", "taken",
         "steps", "last"])
-    heldout, train = _split(demos, settings)
-    teacher_data = demo_data(train + renamed_copies(train, settings.renamed_copies, settings.seed, settings.rename_lamps),
-                             tokenizer, prompt, settings.layout)
-    if extra_teacher_data is not None:
-        teacher_data += extra_teacher_data(tokenizer, train)
-    heldout_data = demo_data(heldout, tokenizer, prompt, settings.layout)
+    teacher_data, heldout_data = _teacher_data(demos, tokenizer, settings, prompt, extra_teacher_data)
     report: dict = {"demos": len(demos), "teacher_examples": len(teacher_data), "vocab": len(tokenizer)}
     report["teacher"], teacher = _sft("teacher", settings.teacher, settings.teacher_sft, teacher_data, heldout_data,
                                       tokenizer, out, settings.seed, log, device)
@@ -237,19 +283,17 @@ def _build_student(suite_root: Path, out: Path, teacher_dir: Path, settings: Tin
 def _cached(base: Path, key: str, build, log=print) -> dict:
     """Run `build(tmp_dir) -> report` once per key: a file lock makes concurrent jobs (a Slurm array
     starting at once) wait for one builder, and the result is renamed into place. An entry shipped
-    in the repository under the same key (harness/shipped.py) is copied instead of built."""
+    in the repository under the same key (harness/cache.py) is copied instead of built."""
     final = base / key
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with cache.locked(base / f"{key}.lock"):
         if not (final / "report.json").exists():
             tmp = base / f".{key}.{os.getpid()}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            if (entry := shipped.model_entry(key)) is not None:  # built here before, shipped in assets/
+            if (entry := cache.model_entry(key)) is not None:  # built here before, shipped in assets/
                 log(f"tiny {key}: copying the shipped build from {entry}")
                 shutil.copytree(entry, tmp)
             else:
-                shipped.check_may_build("the tiny model", key)
+                cache.check_may_build("the tiny model", key)
                 tmp.mkdir(parents=True)
                 report = build(tmp)
                 (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -279,11 +323,10 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
     """
     suite_root = Path(suite_root)
     settings, prompt = settings or TinySettings(), prompt or PromptSettings()
-    from harness.models import cache_root as default_cache
     from harness.models import resolve_device
 
     device = str(resolve_device(device))
-    base = Path(cache_root) if cache_root else default_cache() / "tiny"
+    base = Path(cache_root) if cache_root else cache.cache_root() / "tiny"
     teacher_key = _cache_key(suite_root, settings, prompt, extra_key + "|" + ",".join(extra_words))
     teacher_dir = base / f"teacher-{teacher_key}"
 
@@ -296,7 +339,16 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
 
     report = _cached(base, teacher_dir.name, seeded(lambda tmp: _build_teacher(
         suite_root, tmp, settings, prompt, extra_teacher_data, list(extra_words), teacher_report, log, device)), log)
-    student_key = _student_key(teacher_key, settings)
+    base_key = teacher_key
+    if settings.dagger.rounds > 0:
+        base_dir = teacher_dir
+        teacher_key = _dagger_key(teacher_key, settings)
+        teacher_dir = base / f"teacher-{teacher_key}"
+        report = _cached(base, teacher_dir.name, seeded(lambda tmp: _build_dagger_teacher(
+            suite_root, tmp, base_dir, settings, prompt, extra_teacher_data, teacher_report, log, device)), log)
+    # the student is made from the base teacher's tokenizer and the expert's demonstrations, never
+    # from the teacher's weights: a DAgger teacher keeps the same warm-start student
+    student_key = _student_key(base_key, settings)
     report = {**report, **_cached(base, student_key, seeded(lambda tmp: _build_student(
         suite_root, tmp, teacher_dir, settings, prompt, log, device)), log)}
     return TinyPair(base / student_key, teacher_dir / "teacher", base / student_key / "student", report)

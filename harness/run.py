@@ -5,12 +5,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import time
 import traceback
-from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -19,31 +17,25 @@ import torch
 import methods
 from harness import models as model_io
 from harness.agent.prompt import PromptSettings
-from harness.config import to_plain
-from harness.envs import EnvPool
-from harness.results import versions, write_json, write_result
-from harness.train import Models, train
+from harness.cache import cache_root
+from harness.config import (
+    LoggerConfig,
+    apply_renamed,
+    build,
+    renamed_record,
+    rollout_settings,
+    to_plain,
+)
+from harness.envs import EnvPool, get_environment
+from harness.loggers import make_logger
+from harness.loop.results import versions, write_json, write_result
+from harness.loop.train import Models, check_sampling, train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def cache_dir(cfg) -> Path:
-    return Path(cfg.cache_dir or os.environ.get("SAGE_OPD_CACHE") or Path.home() / ".cache" / "sage-opd").expanduser()
-
-
-@contextmanager
-def locked(path: Path):
-    """An exclusive file lock: concurrent jobs of a sweep prepare shared things once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-
-
 def prompt_settings(cfg) -> PromptSettings:
-    p = cfg.prompt
-    return PromptSettings(history=p.history, show_admissible=p.show_admissible, answer_format=p.answer_format,
-                          drop_help=p.drop_help, system_prompt=p.system_prompt)
+    return build(PromptSettings, cfg.prompt)
 
 
 def data_root(cfg) -> tuple[Path, str | None]:
@@ -52,21 +44,51 @@ def data_root(cfg) -> tuple[Path, str | None]:
         from harness.envs.generate import SuiteSpec, ensure_suite
 
         spec = SuiteSpec(**dict(cfg.env.suite))
-        with locked(cache_dir(cfg) / "games.lock"):
-            root = ensure_suite(spec, cache_root=cache_dir(cfg))
+        root = ensure_suite(spec, cache_root=cache_root(cfg.cache_dir))  # locked per suite in there
         return root, json.loads((root / "suite.json").read_text()).get("hash")
-    from harness.envs import resolve_data_root
+    return get_environment(cfg.env.name).resolve_data_root(cfg.env.data_root), None
 
-    return resolve_data_root(cfg.env.data_root), None
+
+def tiny_pair_suite(cfg, root: Path, log=print) -> Path:
+    """The train suite the tiny pair is built from: the run's games, except under mode=eval, where
+    it is the checkpoint run's train suite (its config.json) or the generated suite env.suite, so
+    evaluating on another data root reuses that pair instead of building one for the eval data."""
+    if cfg.mode != "eval":
+        return root
+    trained = Path(cfg.checkpoint) / "config.json" if cfg.checkpoint else None
+    env = json.loads(trained.read_text()).get("env", {}) if trained and trained.is_file() else {}
+    if env.get("data_root"):
+        suite = get_environment(env.get("name", cfg.env.name)).resolve_data_root(env["data_root"])
+    else:
+        from harness.envs.generate import SuiteSpec, ensure_suite
+
+        spec = SuiteSpec(**{**dict(cfg.env.suite), **env.get("suite", {})})
+        suite = ensure_suite(spec, cache_root=cache_root(cfg.cache_dir))
+    if suite.resolve() != root.resolve():
+        log(f"mode=eval on {root}: the tiny pair of its train suite {suite} (set model.student.path and "
+            "model.teacher.path to evaluate other models)")
+    return suite
+
+
+def discover_splits(cfg, root: Path, log=print) -> tuple[list, dict[str, dict[str, int]]]:
+    """The train games (mode=train) and {split: {reason: count}} of the trial folders skipped in
+    every split the run reads, each split logged in one line: no game disappears silently."""
+    environment = get_environment(cfg.env.name)
+    splits = ["train"] if cfg.mode == "train" else []
+    found = {split: environment.discover(root, split, cfg.env.task_types, cfg.env.on_malformed)
+             for split in splits + list(cfg.eval.splits)}
+    for split, games in found.items():
+        log(games.summary(split))
+    return found["train"].games if "train" in found else [], {s: g.skip_counts() for s, g in found.items()}
 
 
 def judge_settings(cfg):
-    from harness.judge import JudgeSettings
+    from harness.loop.judge import JudgeSettings
 
     template = Path(cfg.judge.template)
     if not template.is_absolute():
         template = CONF_DIR / template
-    return JudgeSettings(template=str(template), history=cfg.judge.history, labels=tuple(cfg.judge.labels))
+    return build(JudgeSettings, cfg.judge, template=str(template))
 
 
 def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
@@ -74,6 +96,8 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
     info: dict = {}
     student_path, teacher_path = cfg.model.student.path, cfg.model.teacher.path
     if cfg.model.name == "tiny" and not (student_path and teacher_path):
+        root = tiny_pair_suite(cfg, root, log)
+        from harness.dagger import DaggerSettings
         from harness.prepare import TinySettings, prepare_tiny
         from harness.sft import SFTSettings
         from harness.tiny import TinyModelSpec
@@ -85,10 +109,11 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
             teacher_sft=SFTSettings(steps=t.teacher_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr),
             student_sft=SFTSettings(steps=t.student_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr, warmup_steps=20),
             student_demos=t.student_demos, layout=cfg.prompt.layout, renamed_copies=t.renamed_copies,
-            rename_lamps=t.rename_lamps, seed=0)
+            rename_lamps=t.rename_lamps, seed=0,
+            dagger=DaggerSettings(rounds=t.dagger_rounds, games=t.dagger_games, steps=t.dagger_steps, lr=t.dagger_lr,
+                                  dagger_share=t.dagger_share))
         extras, keys, words, report = [], [], (), None
         if t.judge_examples > 0:  # judge examples join the teacher's SFT data (cpu_benchmark.md)
-            from harness.judge import judge_vocabulary
             from harness.judge_data import (
                 JudgeDataSettings,
                 heldout_judge_examples,
@@ -96,6 +121,7 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
                 judge_data_key,
                 judge_teacher_data,
             )
+            from harness.loop.judge import judge_vocabulary
 
             js = judge_settings(cfg)
             data = JudgeDataSettings(num_games=t.judge_games, heldout_games=t.judge_heldout_games,
@@ -121,12 +147,12 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
             return [d for make in extras for d in make(tokenizer, episodes)]
 
         extra_key = "|".join(keys)
-        pair = prepare_tiny(root, settings, prompt_settings(cfg), cache_root=cache_dir(cfg) / "tiny",
+        pair = prepare_tiny(root, settings, prompt_settings(cfg), cache_root=cache_root(cfg.cache_dir) / "tiny",
                             extra_teacher_data=extra if extras else None, extra_key=extra_key, extra_words=words,
                             teacher_report=report, log=log, device=cfg.model.teacher.device)
         student_path, teacher_path = student_path or str(pair.student), teacher_path or str(pair.teacher)
         info["tiny_report"] = pair.report
-        info["tiny_keys"] = [pair.teacher.parent.name, pair.root.name]  # cache entries (harness/shipped.py)
+        info["tiny_keys"] = [pair.teacher.parent.name, pair.root.name]  # cache entries (harness/cache.py)
     if not student_path or not teacher_path:
         raise ValueError("model.student.path and model.teacher.path must be set unless model=tiny "
                          "(a Hugging Face id, a local directory, or a preset such as smollm2-135m-instruct).")
@@ -140,16 +166,14 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
                                      student_name=student_path, teacher_name=teacher_path)
     teacher.eval().requires_grad_(False)
     if cfg.model.lora.enabled:
-        lo = cfg.model.lora
-        student = model_io.apply_lora(student, model_io.LoraSettings(rank=lo.rank, alpha=lo.alpha, dropout=lo.dropout,
-                                                                     target_modules=tuple(lo.target_modules)))
+        student = model_io.apply_lora(student, build(model_io.LoraSettings, cfg.model.lora))
     info |= {"student": student_path, "teacher": teacher_path, "keep_vocab": keep}
     return Models(student, teacher, tokenizer, keep), info
 
 
 def make_judge(cfg):
     """judge(teacher, tokenizer, trajectories) -> ({(traj, turn): probs_3}, {(traj, turn): valid})."""
-    from harness.judge import judge_turns
+    from harness.loop.judge import judge_turns
 
     settings = judge_settings(cfg)
 
@@ -166,12 +190,13 @@ def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
     """Train and/or evaluate as `cfg.mode` says; always leaves result.json (complete or failed)."""
     from transformers.utils import logging as hf_logging
 
-    from harness.evaluate import evaluate
+    from harness.loop.evaluate import evaluate
 
     hf_logging.disable_progress_bar()  # one tqdm bar per run (the training loop's), not one per save/load
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    apply_renamed(cfg, log)  # prompt.max_new_tokens, train.temperature/top_p -> rollout.*
     config = to_plain(cfg)
     finished = _finished(run_dir, config)
     if finished is not None:  # a requeued or repeated job: the result stands, nothing is redone
@@ -181,18 +206,27 @@ def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
     write_json(run_dir / "config.json", config)
     torch.manual_seed(cfg.seed)
     suite_hash = None
-    method = None
+    method = logger = None
     try:
+        logger = make_logger(cfg.logger, run_dir, config)  # a missing package fails here, before any work
         method = methods.get(cfg.method.name, **_method_knobs(cfg))
+        rollout_settings(cfg)  # a bad rollout.* (backend=vllm, temperature 0) fails here, before any work
+        if cfg.mode == "train":
+            check_sampling(method, cfg.rollout)
         root, suite_hash = data_root(cfg)
+        games, skipped = discover_splits(cfg, root, log) if cfg.mode != "prepare" else ([], {})
         models, info = load_models(cfg, root, log)
+        if method.needs_judge and cfg.mode != "eval":  # at start-up, not after the first rollout
+            from harness.loop.judge import check_label_tokens
+
+            check_label_tokens(models.tokenizer, judge_settings(cfg))
         if cfg.mode == "prepare":
             log(f"prepared: games at {root}; student {info['student']}; teacher {info['teacher']}")
             return {"status": "prepared", **info}
         prompt = prompt_settings(cfg)
-        with EnvPool(num_workers=cfg.env.num_workers, max_steps=cfg.env.max_steps,
-                     with_plan=method.gate == "oracle") as pool:
-            extra: dict = {"models": info}
+        with EnvPool(num_workers=cfg.env.num_workers, max_steps=cfg.env.max_steps, environment=cfg.env.name,
+                     with_plan=method.gate == "oracle", fast_engine=cfg.env.fast_engine) as pool:
+            extra: dict = {"models": info, "games_skipped": skipped}
             if cfg.eval.eval_teacher:
                 extra["teacher_eval"] = evaluate(models.teacher, models.tokenizer, root, cfg, pool, prompt, log,
                                                  run_dir / "eval_teacher_episodes.jsonl")
@@ -200,11 +234,8 @@ def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
                 extra["initial_eval"] = evaluate(models.student, models.tokenizer, root, cfg, pool, prompt, log,
                                                  run_dir / "eval_initial_episodes.jsonl")
             if cfg.mode == "train":
-                from harness.envs import discover_games
-
-                games = discover_games(root, "train", cfg.env.task_types, cfg.env.on_malformed).games
                 done = train(cfg, run_dir, models, method, games, pool,
-                             judge=make_judge(cfg) if method.needs_judge else None, prompt=prompt)
+                             judge=make_judge(cfg) if method.needs_judge else None, prompt=prompt, logger=logger)
                 if done < cfg.train.steps:
                     log(f"stopped after step {done} of {cfg.train.steps} (train.stop_after); rerun to resume")
                     return {"status": "stopped", "step": done}
@@ -219,13 +250,18 @@ def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
         write_result(run_dir, status="complete", method=evaluated, seed=cfg.seed, verifier_free=method.verifier_free,
                      config=config, versions_=versions(suite_hash), evaluation=evaluation,
                      wall_time_s=time.perf_counter() - started, extra=extra)
-        return json.loads((run_dir / "result.json").read_text())
+        result = json.loads((run_dir / "result.json").read_text())
+        logger.log_final(result)
+        return result
     except Exception as err:
         write_result(run_dir, status="failed", method=cfg.method.name, seed=cfg.seed,
                      verifier_free=method.verifier_free if method else True, config=config,
                      versions_=versions(suite_hash), evaluation=None, wall_time_s=time.perf_counter() - started,
                      error=f"{type(err).__name__}: {err}", extra={"traceback": traceback.format_exc()})
         raise
+    finally:
+        if logger is not None:
+            logger.close()
 
 
 def _finished(run_dir: Path, config: dict) -> dict | None:
@@ -241,9 +277,10 @@ def _finished(run_dir: Path, config: dict) -> dict | None:
     return record if record.get("status") == "complete" and same else None
 
 
-RESULT_NEUTRAL = ("train.stop_after", "env.num_workers")
+RESULT_NEUTRAL = ("train.stop_after", "env.num_workers", "env.fast_engine", "env.suite.num_workers", *(f"logger.{k}" for k in LoggerConfig.__dataclass_fields__))
 """Config keys that do not change a run's result: a finished run stands and a checkpoint
-resumes when only these differ (env workers only spread the same games over processes)."""
+resumes when only these differ (env workers only spread the same games over processes; a
+logger only copies the run record)."""
 
 
 def config_changes(old: dict, new: dict) -> list[str]:
@@ -252,8 +289,8 @@ def config_changes(old: dict, new: dict) -> list[str]:
     while `new` holds their schema default, so adding a knob does not orphan finished runs."""
     from harness.config import Config, to_plain
 
-    old, new = _flat(old), _flat(json.loads(json.dumps(new, default=str)))
-    defaults = _flat(to_plain(Config))
+    old, new = _flat(renamed_record(old)), _flat(renamed_record(json.loads(json.dumps(new, default=str))))
+    defaults = _flat(renamed_record(to_plain(Config)))
     missing = object()
     return sorted(k for k in old.keys() | new.keys()
                   if k not in RESULT_NEUTRAL and old.get(k, missing) != new.get(k, missing)
@@ -269,7 +306,7 @@ def _flat(tree, prefix: str = "") -> dict:
 def _check_resumable(run_dir: Path, config: dict) -> None:
     """A run dir holding a checkpoint resumes only under the config that made it: otherwise a
     changed default (a new tiny pair, another lr) would silently continue an old run."""
-    from harness import checkpoint
+    from harness.loop import checkpoint
 
     previous = run_dir / "config.json"
     if not previous.exists() or not (run_dir / "checkpoints" / "latest").exists():
@@ -293,7 +330,7 @@ def _method_knobs(cfg) -> dict:
 
 def _load_for_eval(models: Models, checkpoint: str) -> None:
     """mode=eval: a run dir (its latest checkpoint) or a saved model dir."""
-    from harness import checkpoint as ckpt
+    from harness.loop import checkpoint as ckpt
 
     path = Path(checkpoint)
     found = ckpt.latest(path) if (path / "checkpoints").exists() else None

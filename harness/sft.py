@@ -23,6 +23,7 @@ from harness.agent.prompt import (
 )
 from harness.agent.rollout import chat_tokens, episode_data
 from harness.agent.trajectory import Datum, collate
+from methods.estimators import token_logprobs
 
 
 def demo_data(episodes: list[dict], tokenizer, settings: PromptSettings, layout: str = "window") -> list[Datum]:
@@ -93,7 +94,8 @@ def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
     logits_B_S_V = logits_B_T_V[:, :-1].float()
     targets_B_S = batch["tokens_B_T"][:, 1:]
     mask_B_S = batch["response_mask_B_T"][:, 1:]
-    nll_B_S = torch.nn.functional.cross_entropy(logits_B_S_V.transpose(1, 2), targets_B_S, reduction="none")
+    # vocabulary along dim 1 of the transposed view: the rounding the tiny pair was built with
+    nll_B_S = -token_logprobs(logits_B_S_V.transpose(1, 2), targets_B_S, dim=1)
     loss = (nll_B_S * mask_B_S).sum() / mask_B_S.sum().clamp(min=1)
     correct_B_S = (logits_B_S_V.argmax(-1) == targets_B_S).float()
     return loss, correct_B_S, mask_B_S

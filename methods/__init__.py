@@ -1,6 +1,6 @@
 """Distillation methods over plain tensors: SAGE-OPD, its ablations and baselines (sage_opd.md)."""
 
-from methods import baselines, sage  # noqa: F401  (importing registers the methods)
+from methods import baselines, multiturn, sage  # noqa: F401  (importing registers the methods)
 from methods.batch import LABELS, MethodBatch, Totals
 from methods.estimators import ESTIMATORS, TOKEN_LOSSES, reverse_kl, token_loss
 from methods.method import Method

@@ -1,4 +1,4 @@
-"""Baselines: dense on-policy distillation (opd), GKD's generalized JSD (gkd), and sft."""
+"""Baselines: dense on-policy distillation (opd), GKD's generalized JSD (gkd), sft, and guided_opd."""
 
 from __future__ import annotations
 
@@ -31,3 +31,16 @@ def sft(sft_source: str = "teacher", **overrides) -> Method:
     base = {**OPD, "name": "sft", "trajectory_source": sft_source, "estimator": "nll"}
     fixed = dict(gate="none", confidence="none", estimator="nll")
     return Method(**with_knobs(base, overrides, fixed=fixed))
+
+
+# Guided-OPD (methods/guidance.py): the OPD loss (full-vocab reverse KL, mean over the student's tokens)
+GUIDED_OPD = dict(name="guided_opd", trajectory_source="student", estimator="full_kl", gate="none",
+                  confidence="none", normalize="mean", guide_start=0.5, guide_end=0.8,
+                  guide_shape="linear")  # fmt: skip
+
+
+@register("guided_opd")
+def guided_opd(**overrides) -> Method:
+    """Guided-OPD (arXiv 2606.15912): opd whose training rollouts mix in teacher turns with a
+    chance decaying to 0 (methods/guidance.py says what is the paper's and what is our reading)."""
+    return Method(**with_knobs(GUIDED_OPD, overrides, fixed=dict(gate="none", confidence="none")))

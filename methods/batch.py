@@ -34,6 +34,22 @@ class MethodBatch:
     """Bool; False for empty/unparseable turns, whose gate fails closed to Strong. None: all valid."""
     sequence_ids_B: Tensor | None = None
     """Long id per row, unique within the optimizer step (on this rank); norm_scope='sequence'."""
+    progress: float | None = None
+    """Training progress step / train.steps in [0, 1]; the tcod curriculum and atod's annealing read it."""
+    turn_index_U: Tensor | None = None
+    """Long; each turn's number within its own trajectory (0 = the first turn); tcod reads it."""
+    num_turns_U: Tensor | None = None
+    """Long; the number of turns of each turn's trajectory; tcod reads it."""
+    old_logp_B_T: Tensor | None = None
+    """Student log p of each sampled token at sampling time, detached; atod's T-DUR and RL ratio."""
+    teacher_logp_B_T: Tensor | None = None
+    """Teacher log p of each sampled token, detached; atod's T-DUR disagreement."""
+    student_logp_B_T: Tensor | None = None
+    """Student log p of each sampled token WITH grad (atod's RL term); None until the student forward."""
+    trajectory_U: Tensor | None = None
+    """Long; each turn's trajectory, numbered within the optimizer step (the RL baseline's unit)."""
+    reward_U: Tensor | None = None
+    """The env's reward of each turn's trajectory (won 1.0 / 0.0): read by the RL term only, NOT verifier-free."""
 
     @property
     def num_turns(self) -> int:
@@ -57,6 +73,8 @@ class Totals:
     """Per sequence id: response tokens (filled for norm_scope='sequence' only)."""
     sequence_weight_sum: dict[int, float] = field(default_factory=dict)
     """Per sequence id: sum of raw weights (filled for norm_scope='sequence' only)."""
+    reward_mean: float | None = None
+    """Mean reward over the step's trajectories: the RL term's baseline (filled by atod only)."""
 
     @property
     def all_skipped(self) -> bool:

@@ -22,6 +22,13 @@ def _upcast(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def token_logprobs(logits_N_V: Tensor, ids_N: Tensor, dim: int = -1) -> Tensor:
+    """log p(ids_N) under logits_N_V (at least float32), the vocabulary along `dim`: THE
+    log-prob/NLL of the project (nll = -this)."""
+    logp_N_V = F.log_softmax(_upcast(logits_N_V), dim=dim)
+    return logp_N_V.gather(dim, ids_N.long().unsqueeze(dim)).squeeze(dim)
+
+
 def _check_vocab(student_logits_N_V: Tensor, teacher_logits_N_V: Tensor) -> None:
     if student_logits_N_V.shape[-1] != teacher_logits_N_V.shape[-1]:
         raise ValueError(
@@ -119,8 +126,7 @@ def token_loss(
     if estimator == "nll":
         if sampled_ids_N is None:
             raise ValueError("estimator 'nll' needs sampled_ids_N (the target tokens)")
-        student_logp_N_V = F.log_softmax(_upcast(student_logits_N_V), dim=-1)
-        return -student_logp_N_V.gather(-1, sampled_ids_N.long().unsqueeze(-1)).squeeze(-1)
+        return -token_logprobs(student_logits_N_V, sampled_ids_N)
     if estimator not in ESTIMATORS:
         raise ValueError(
             f"unknown estimator {estimator!r}; choose one of {', '.join(TOKEN_LOSSES)}"

@@ -264,6 +264,12 @@ def test_cost_table_wall_time_and_step_split(sweep: Path) -> None:
     assert rows["SAGE-OPD"][:6] == ["11.0 ± 1.0", "3.7 ± 0.7", "40.0 ± 0.0", "5.5 ± 1.0", "2.0 ± 1.0", "0.5 ± 0.0"]
     assert rows["SFT"][:4] == ["10.0", "2.7", "40.0", "4.0"]  # seed 0 only: 1 failed, 1 incomplete
     assert "Sweep: 13 run folders, 2.37 h of wall time in all" in to_markdown(tables["cost"])
+    # The rollout's split (time_generate_s, time_env_s) shows right after Rollout, never in the sum:
+    # generate = rollout - 0.5 -> OPD 1.5 ± 1.0, env 0.5 ± 0.0.
+    split = collection.curves.assign(time_generate_s=collection.curves["time_rollout_s"] - 0.5, time_env_s=0.5)
+    rows = markdown_rows(to_markdown({t.name: t for t in build_tables(collection.runs, split)[0]}["cost"]))
+    assert rows["Method"][3:7] == ["Step (s)", "Rollout (s)", "Generate (s)", "Env (s)"]
+    assert rows["OPD"][3:8] == ["5.0 ± 1.0", "2.0 ± 1.0", "1.5 ± 1.0", "0.5 ± 0.0", ""]
     # Runs without step times (older records) leave the table out and say so.
     untimed = collection.curves.drop(columns=[c for c in collection.curves if c.startswith("time_")])
     tables, skipped = build_tables(collection.runs, untimed)

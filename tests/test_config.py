@@ -7,15 +7,33 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 import methods
-from harness.config import register_configs
+from harness.agent.prompt import PromptSettings
+from harness.agent.sampler import RolloutSettings
+from harness.config import (
+    RENAMED,
+    JudgeConfig,
+    LoraConfig,
+    PromptConfig,
+    RolloutConfig,
+    SuiteConfig,
+    apply_renamed,
+    register_configs,
+    rollout_settings,
+    to_plain,
+)
+from harness.envs.generate import SuiteSpec
+from harness.loop.judge import JudgeSettings
+from harness.models import LoraSettings
 from harness.run import _method_knobs
 from tests.hydra_utils import CONF, compose_config
 
@@ -35,7 +53,7 @@ def test_every_config_composes():
     """Each method x env x model x experiment (one Hydra context: composing is the cost)."""
     register_configs()
     combos = list(itertools.product(_options("method"), _options("env"), _options("model"), _options("experiment")))
-    assert len(combos) == 8 * 2 * 4 * 4
+    assert len(combos) == len(methods.available()) * 2 * 5 * 4
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         for method, env, model, experiment in combos:
             cfg = compose(config_name="config", overrides=[f"method={method}", f"env={env}", f"model={model}",
@@ -76,6 +94,53 @@ def test_bad_method_knob_fails_before_any_work():
     cfg = compose_config(["method=opd", "method.estimator=fullkl"])
     with pytest.raises(ValueError, match="estimator"):
         methods.get(cfg.method.name, **_method_knobs(cfg))
+
+
+@pytest.mark.parametrize("old,value", [("prompt.max_new_tokens", 7), ("train.temperature", 0.5), ("train.top_p", 0.9)])
+def test_a_deprecated_name_still_works_and_says_the_new_one(old, value):
+    cfg = compose_config(["experiment=smoke", f"{old}={value}"])
+    new = RENAMED[old]
+    with pytest.warns(FutureWarning, match=f"{old} is deprecated.*use {new}={value}"):
+        apply_renamed(cfg, log=lambda *a: None)
+    assert OmegaConf.select(cfg, new) == value and OmegaConf.select(cfg, old) is None
+    assert getattr(rollout_settings(cfg), new.split(".")[1]) == value
+
+
+def test_a_deprecated_name_overrides_what_a_model_file_set_under_the_new_key():
+    cfg = compose_config(["model=tiny", "prompt.max_new_tokens=5"])  # tiny.yaml: rollout.max_new_tokens 12
+    with pytest.warns(FutureWarning, match=r"it replaces rollout.max_new_tokens=12"):
+        apply_renamed(cfg, log=lambda *a: None)
+    assert cfg.rollout.max_new_tokens == 5
+
+
+def test_rollout_section_reaches_the_settings_and_vllm_fails_clearly():
+    cfg = compose_config(["experiment=smoke", "rollout.reuse_cache=false", "rollout.growing_cache=false",
+                          "rollout.temperature=0.8"])
+    train, evaluation = rollout_settings(cfg), rollout_settings(cfg, evaluation=True)
+    assert (train.max_new_tokens, train.reuse_cache, train.growing_cache, train.temperature) == (8, False, False, 0.8)
+    assert (train.layout, train.max_turns, train.greedy) == ("full", 6, False)  # model=tiny: full; smoke: 6 steps
+    assert (evaluation.greedy, evaluation.temperature, evaluation.reuse_cache) == (True, 0.4, False)
+    with pytest.raises(ValueError, match="rollout.backend=vllm: vllm is not installed and not supported"):
+        rollout_settings(compose_config(["rollout.backend=vllm"]))
+    with pytest.raises(ValueError, match="rollout.backend must be one of"):
+        rollout_settings(compose_config(["rollout.backend=sglang"]))
+
+
+@pytest.mark.parametrize("schema,component,config_only", [
+    (LoraConfig, LoraSettings, {"enabled": False}), (JudgeConfig, JudgeSettings, {"batch_size": 32}),
+    (SuiteConfig, SuiteSpec, {}), (PromptConfig, PromptSettings, {"layout": "window", "max_new_tokens": None}),
+])
+def test_each_config_section_holds_its_components_own_defaults(schema, component, config_only):
+    own = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(component()).items()}
+    assert to_plain(schema) == own | config_only
+    # the defaults runs used before the sections were composed (LoRA: the Hydra values)
+    assert (LoraSettings().dropout, LoraSettings().target_modules) == (0.05, ("q_proj", "k_proj", "v_proj", "o_proj"))
+
+
+def test_rollout_section_defaults_are_the_samplers():
+    assert to_plain(RolloutConfig) == {"backend": "hf", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 24,
+                                       "reuse_cache": True, "growing_cache": True}
+    assert (RolloutSettings().max_new_tokens, RolloutSettings().layout) == (24, "window")
 
 
 def test_cfg_job_prints_the_resolved_config():

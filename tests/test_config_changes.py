@@ -42,3 +42,13 @@ def test_a_key_only_the_old_run_had_or_unknown_to_the_schema_is_a_change():
     new = _default()
     new["method"]["mystery"] = None  # not a schema key: no default to compare with
     assert config_changes(_default(), new) == ["method.mystery"]
+
+
+def test_a_record_under_the_deprecated_names_is_the_same_run():
+    old = _default()  # written before the rollout section: its knobs under prompt.* and train.*
+    rollout = old.pop("rollout")
+    old["prompt"]["max_new_tokens"], old["train"]["temperature"] = rollout["max_new_tokens"], 1.0
+    old["train"]["top_p"] = 1.0
+    assert config_changes(old, _default()) == []
+    old["prompt"]["max_new_tokens"] = 8
+    assert config_changes(old, _default()) == ["rollout.max_new_tokens"]

@@ -11,7 +11,16 @@ from harness.agent.prompt import PromptSettings
 from harness.agent.rollout import RolloutSettings, rollout
 from harness.agent.trajectory import Datum, Trajectory, Turn, collate
 from harness.envs import EnvPool, discover_games
-from harness.judge import (
+from harness.judge_data import (
+    INVALID_FEEDBACK,
+    JudgeDataSettings,
+    episode_examples,
+    judge_accuracy,
+    judge_sft_data,
+    label_of,
+    play_noisy_episodes,
+)
+from harness.loop.judge import (
     JudgeResult,
     JudgeSettings,
     align_to_batch,
@@ -22,15 +31,6 @@ from harness.judge import (
     load_template,
     render_judge_messages,
     turn_observations,
-)
-from harness.judge_data import (
-    INVALID_FEEDBACK,
-    JudgeDataSettings,
-    episode_examples,
-    judge_accuracy,
-    judge_sft_data,
-    label_of,
-    play_noisy_episodes,
 )
 from harness.tiny import TinyModelSpec, build_tiny_model, build_tokenizer
 

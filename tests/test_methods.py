@@ -173,10 +173,11 @@ def test_method_properties_and_ablations_are_sage_with_one_switch():
     flags = {n: (m.needs_judge, m.verifier_free, m.trajectory_source)
              for n in methods.available() for m in [methods.get(n)]}  # fmt: skip
     assert flags == {
-        "gkd": (False, True, "student"), "no_conf": (True, True, "student"),
+        "gkd": (False, True, "student"), "guided_opd": (False, True, "student"), "no_conf": (True, True, "student"),
         "no_gate": (False, True, "student"), "no_norm": (True, True, "student"),
         "opd": (False, True, "student"), "oracle_gate": (False, False, "student"),
         "sage": (True, True, "student"), "sft": (False, True, "teacher"),
+        "tcod": (False, True, "student"), "atod": (False, False, "student"),
     }  # fmt: skip
     assert methods.get("gkd", beta=0.1).estimator == "jsd"
 

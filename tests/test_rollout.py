@@ -19,7 +19,7 @@ from harness.agent.prompt import PromptSettings, render_window_messages
 from harness.agent.rollout import RolloutSettings, chat_tokens, episode_data, rollout
 from harness.agent.trajectory import collate
 from harness.envs import EnvPool, discover_games
-from harness.scoring import sequence_logprobs
+from harness.loop.scoring import sequence_logprobs
 from harness.tiny import TinyModelSpec, build_tiny_model, build_tokenizer
 
 MAX_STEPS = 8
@@ -97,7 +97,7 @@ def _rescored(model, trajectory, pad_id) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_fitted_policy_wins_and_its_full_datum_is_the_expert_token_layout(world):
     tokenizer, model = world["tokenizer"], world["model"]
-    trajectories = rollout(model, tokenizer, world["pool"], world["pick"], RolloutSettings(greedy=True), PROMPT)
+    trajectories = rollout(model, tokenizer, world["pool"], world["pick"], RolloutSettings(layout="full", greedy=True, max_new_tokens=32), PROMPT)
     chat = chat_tokens(tokenizer)
     for trajectory, task, steps in zip(trajectories, world["tasks"], world["steps"], strict=True):
         assert trajectory.task == task and trajectory.won and trajectory.failed is None
@@ -142,7 +142,7 @@ def test_full_datum_masks_and_one_pass_scoring_match_sampling(world):
     tokenizer, model = world["tokenizer"], world["model"]
     games = world["pick"][:1] + world["others"][:2]
     # temperature and top-p change what is sampled, never the logged distribution (raw, T=1)
-    settings = RolloutSettings(temperature=1.5, top_p=0.95, max_new_tokens=6)
+    settings = RolloutSettings(layout="full", temperature=1.5, top_p=0.95, max_new_tokens=6)
     trajectories = rollout(model, tokenizer, world["pool"], games, settings, PROMPT, seed=1)
     end_of_turn = chat_tokens(tokenizer).end_of_turn_id
     for index, trajectory in enumerate(trajectories):
@@ -167,7 +167,7 @@ def test_full_datum_masks_and_one_pass_scoring_match_sampling(world):
 def test_window_layout_gives_one_datum_per_turn_with_task_and_history(world):
     tokenizer, model = world["tokenizer"], world["model"]
     games = world["pick"][:1] + world["others"][:1]
-    trajectories = rollout(model, tokenizer, world["pool"], games, RolloutSettings(layout="window", greedy=True),
+    trajectories = rollout(model, tokenizer, world["pool"], games, RolloutSettings(layout="window", greedy=True, max_new_tokens=32),
                            PromptSettings(history=1))
     for index, trajectory in enumerate(trajectories):
         assert len(trajectory.data) == trajectory.num_turns
@@ -188,7 +188,7 @@ def test_window_layout_gives_one_datum_per_turn_with_task_and_history(world):
 def test_task_sentence_in_every_turn_of_both_layouts(world):
     for layout in ("full", "window"):
         trajectories = rollout(world["model"], world["tokenizer"], world["pool"], world["others"][:2],
-                               RolloutSettings(layout=layout, greedy=True, max_turns=5), PROMPT)
+                               RolloutSettings(layout=layout, greedy=True, max_new_tokens=32, max_turns=5), PROMPT)
         assert [t.num_turns for t in trajectories] == [5, 5]
         for trajectory in trajectories:
             assert all(f"Your task is to: {trajectory.task}" in t.prompt_text for t in trajectory.turns)
@@ -204,7 +204,7 @@ def test_invalid_and_repeated_actions_are_counted_and_sent_as_written(world):
     game = world["pick"][:1]
     first_word = world["steps"][0][0][2].split()[0]  # 'go'
     # one token per reply: a bare word, well-formed but never admissible
-    (bare,) = rollout(model, tokenizer, world["pool"], game, RolloutSettings(greedy=True, max_new_tokens=1), PROMPT)
+    (bare,) = rollout(model, tokenizer, world["pool"], game, RolloutSettings(layout="full", greedy=True, max_new_tokens=1), PROMPT)
     assert bare.turns[0].action == first_word and bare.turns[0].parseable
     assert (bare.num_turns, bare.invalid_actions, bare.won) == (MAX_STEPS, MAX_STEPS, False)
     assert all(t.feedback == "Nothing happens." and not t.admissible_action for t in bare.turns)
@@ -212,7 +212,7 @@ def test_invalid_and_repeated_actions_are_counted_and_sent_as_written(world):
     # think_action format with a model that answers bare actions: no <action> tag, unparseable;
     # the raw reply still goes to the engine and counts as invalid
     think = PromptSettings(history=2, answer_format="think_action")
-    (tagless,) = rollout(model, tokenizer, world["pool"], game, RolloutSettings(greedy=True, max_new_tokens=3), think)
+    (tagless,) = rollout(model, tokenizer, world["pool"], game, RolloutSettings(layout="full", greedy=True, max_new_tokens=3), think)
     assert tagless.invalid_actions == MAX_STEPS == tagless.num_turns
     for turn in tagless.turns:
         assert not turn.parseable and turn.action == turn.response_text and turn.feedback == "Nothing happens."
@@ -221,7 +221,7 @@ def test_invalid_and_repeated_actions_are_counted_and_sent_as_written(world):
 
 def test_seed_repeats_sampling_and_leaves_the_global_rng_alone(world):
     games = world["others"][:2]
-    settings = RolloutSettings(temperature=1.0, max_new_tokens=6, max_turns=3)
+    settings = RolloutSettings(layout="full", temperature=1.0, max_new_tokens=6, max_turns=3)
     torch.manual_seed(123)
     first = rollout(world["model"], world["tokenizer"], world["pool"], games, settings, PROMPT, seed=7)
     after = torch.rand(3)
@@ -237,7 +237,7 @@ def test_prompt_longer_than_the_model_context_is_a_clear_error(world):
     small = build_tiny_model(TinyModelSpec(layers=1, hidden=32, heads=2, kv_heads=2, intermediate=64,
                                            max_positions=64), world["tokenizer"])
     with pytest.raises(ValueError, match="exceeds the model's 64 positions.*layout=window"):
-        rollout(small, world["tokenizer"], world["pool"], world["pick"][:1], RolloutSettings(), PROMPT)
+        rollout(small, world["tokenizer"], world["pool"], world["pick"][:1], RolloutSettings(layout="full", max_new_tokens=32), PROMPT)
 
 
 def test_a_dead_worker_or_broken_game_fails_its_episodes_not_the_batch(world, tmp_path):
@@ -259,7 +259,7 @@ def test_a_dead_worker_or_broken_game_fails_its_episodes_not_the_batch(world, tm
 
         hook = model.register_forward_pre_hook(kill_worker_at_third_turn, with_kwargs=True)
         try:
-            trajectories = rollout(model, tokenizer, pool, games, RolloutSettings(greedy=True), PROMPT)
+            trajectories = rollout(model, tokenizer, pool, games, RolloutSettings(layout="full", greedy=True, max_new_tokens=32), PROMPT)
         finally:
             hook.remove()
     won, killed, unloadable, killed_too = trajectories
@@ -272,12 +272,12 @@ def test_a_dead_worker_or_broken_game_fails_its_episodes_not_the_batch(world, tm
 
 
 def test_planner_next_action_is_recorded_for_the_oracle_gate(world):
-    from harness.train import oracle_labels
+    from harness.loop.train import oracle_labels
 
     tokenizer, model = world["tokenizer"], world["model"]
     with EnvPool(num_workers=1, max_steps=MAX_STEPS, with_plan=True) as pool:
-        fitted = rollout(model, tokenizer, pool, world["pick"], RolloutSettings(greedy=True), PROMPT)
-        wandering = rollout(model, tokenizer, pool, world["others"][:1], RolloutSettings(greedy=True), PROMPT)
+        fitted = rollout(model, tokenizer, pool, world["pick"], RolloutSettings(layout="full", greedy=True, max_new_tokens=32), PROMPT)
+        wandering = rollout(model, tokenizer, pool, world["others"][:1], RolloutSettings(layout="full", greedy=True, max_new_tokens=32), PROMPT)
     # the model plays the walkthrough, which is the planner's plan: every turn is the planner's move
     assert all(t.won for t in fitted)
     assert all(turn.expert_action == turn.action for t in fitted for turn in t.turns)

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from harness.agent.trajectory import Datum, collate
-from harness.scoring import model_parts, sequence_logprobs, student_pass, teacher_pass
+from harness.loop.scoring import model_parts, sequence_logprobs, student_pass, teacher_pass
 from harness.tiny import TinyModelSpec, build_tiny_model, build_tokenizer
 from methods.estimators import token_loss
+from methods.method import Method
 
 CORPUS = ["You arrive at countertop 1. On the countertop 1, you see a apple 1, and a mug 2."]
 STUDENT = TinyModelSpec(layers=2, hidden=32, heads=2, kv_heads=1, intermediate=64)
@@ -149,9 +150,8 @@ def test_chunked_equals_naive_values_and_gradients(tokenizer, teacher, student, 
             teacher_head,
             batch,
             teacher_out,
-            estimator=estimator,
+            method=Method("test", estimator=estimator, **knobs),
             chunk_size=chunk_size,
-            **knobs,
         )
         torch.testing.assert_close(out.token_loss_B_T, loss_ref, atol=1e-5, rtol=0)
         torch.testing.assert_close(out.logp_B_T, logp_ref, atol=1e-5, rtol=0)

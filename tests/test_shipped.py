@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import shipped
+from harness import cache, shipped
 from harness.envs.generate import SuiteSpec, ensure_suite
 from harness.prepare import _cached
 
@@ -93,14 +93,14 @@ def test_an_archive_reaching_outside_the_suite_is_refused(tmp_path):
     dest = tmp_path / "dest"
     dest.mkdir()
     with pytest.raises(ValueError, match="refusing member '../outside.txt'"):
-        shipped.unpack_suite(archive, dest)
+        cache.unpack_suite(archive, dest)
     assert not (tmp_path / "outside.txt").exists()
 
 
 def test_the_judge_data_key_names_the_template_text_not_its_path(tmp_path):
     """Cache keys must not depend on where the repository is cloned (or the shipment never matches)."""
-    from harness.judge import JudgeSettings
     from harness.judge_data import JudgeDataSettings, judge_data_key
+    from harness.loop.judge import JudgeSettings
 
     text = (REPO / "conf" / "judge" / "default.txt").read_text()
     (tmp_path / "a.txt").write_text(text)
@@ -110,3 +110,14 @@ def test_the_judge_data_key_names_the_template_text_not_its_path(tmp_path):
     key_a, key_b, key_c = (judge_data_key(JudgeSettings(template=str(tmp_path / n)), data) for n in ("a.txt", "b.txt", "c.txt"))
     assert key_a == key_b and key_a != key_c
     assert str(tmp_path) not in key_a
+
+
+def test_one_cache_root_for_everything(tmp_path, monkeypatch):
+    """The config's cache_dir wins over $SAGE_OPD_CACHE, which wins over ~/.cache/sage-opd."""
+    monkeypatch.setenv("SAGE_OPD_CACHE", str(tmp_path / "env"))
+    assert cache.cache_root(str(tmp_path / "cfg")) == tmp_path / "cfg"
+    assert cache.cache_root(None) == tmp_path / "env"
+    monkeypatch.delenv("SAGE_OPD_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache.cache_root() == tmp_path / "home" / ".cache" / "sage-opd"
+    assert cache.cache_root("~/elsewhere") == tmp_path / "home" / "elsewhere"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.loop.scoring import sequence_logprobs
 from harness.models import (
     SMOLLM2_PRESET,
     LoraSettings,
@@ -19,7 +20,6 @@ from harness.models import (
     smollm2_gguf_path,
     smollm2_path,
 )
-from harness.scoring import sequence_logprobs
 
 pytestmark = [pytest.mark.llm, pytest.mark.slow]
 

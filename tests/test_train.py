@@ -8,7 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import methods
+from harness.agent.trajectory import Datum, collate
+from harness.loop.train import method_batches
 from harness.run import run
+from methods.weighting import normalized_weights_B_T
 from tests.hydra_utils import compose_config
 
 SMOKE = ["experiment=smoke", "model.tiny.judge_examples=0"]
@@ -86,3 +90,41 @@ def test_failed_run_leaves_a_failed_record(tmp_path):
         run(cfg, tmp_path / "run")
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     assert record["status"] == "failed" and "json_2.1.1" in record["error"]
+
+
+def _window_turn(turn: int, trajectory: int = 0) -> Datum:
+    """One turn of a trajectory in the window layout: 3 prompt tokens, then 2 response tokens."""
+    return Datum([5, 6, 7, 8, 9], [0, 0, 0, 1, 1], [-1, -1, -1, turn, turn], [0.0, 0.0, 0.0, -1.0, -1.0], trajectory)
+
+
+@pytest.mark.parametrize("together", [True, False])
+def test_sequence_scope_normalizes_over_the_whole_trajectory_in_the_window_layout(together):
+    """A two-turn trajectory (window layout: one datum per turn), judged Weak then Strong, under
+    norm_scope=sequence with alpha=0.5: raw weights 0.5, 0.5 | 1, 1, so the trajectory's 4 tokens
+    carry sum w = 3 and the rescale N_s / S_s = 4/3 gives 0.667 / 1.333 (sage_opd.md section 3),
+    whether the two turns share a micro-batch or not. Rows as sequences would give 1.0 / 1.0."""
+    data = [_window_turn(0), _window_turn(1)]
+    micro = [collate(data, pad_id=0)] if together else [collate([d], pad_id=0) for d in data]
+    weak, strong = torch.tensor([0.0, 1.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])
+    judged = ({(0, 0): weak, (0, 1): strong}, {(0, 0): True, (0, 1): True})
+    method = methods.get("sage", norm_scope="sequence", confidence="none", alpha=0.5)
+    batches = method_batches(micro, [None] * len(micro), judged)
+    totals = method.totals(batches)
+    weights = [normalized_weights_B_T(b, method.weights(b), totals, method.normalize, method.norm_scope)
+               for b in batches]
+    per_turn = [round(float(w_T[mask_T > 0].mean()), 3)  # one row per turn, in data order
+                for b, w_B_T in zip(batches, weights, strict=True)
+                for w_T, mask_T in zip(w_B_T, b.response_mask_B_T, strict=True)]
+    assert per_turn == [0.667, 1.333]
+
+
+@pytest.mark.parametrize("sampling", [["rollout.temperature=0.7"], ["rollout.top_p=0.9"]])
+def test_sampled_estimator_off_the_students_own_distribution_is_refused(tmp_path, sampling):
+    """The rollout records the student's log-probs at temperature 1 without top-p; the sampled
+    estimator's importance ratio divides by them, so other sampling is refused at start-up."""
+    cfg = compose_config(SMOKE + ["method=opd", "method.estimator=sampled", "train.steps=1", *sampling])
+    with pytest.raises(ValueError, match=r"estimator=sampled needs rollout\.temperature=1 and rollout\.top_p=1"):
+        run(cfg, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert record["status"] == "failed" and "rollout.temperature=1" in record["error"]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # refused before any training

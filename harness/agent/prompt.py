@@ -1,4 +1,5 @@
-"""ALFWorld prompts in the verl-agent style, and parsing the agent's action out of its reply.
+"""Prompts in the verl-agent style, and parsing the agent's action out of its reply; the words
+come from the environment (`Wording`, harness/envs/base.py; ALFWorld's by default).
 
 Two layouts (see rollout.py): `window` renders each turn as one fresh chat (the task, a
 bounded history of (observation, action) pairs, the current observation, the admissible
@@ -16,15 +17,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from harness.envs.alfworld import WORDING
+from harness.envs.base import Wording
+
 ANSWER_FORMATS = ("action", "think_action")
 
-# For instruction-tuned LLMs (verl-agent's wording, shortened).
-THINK_ACTION_INSTRUCTION = (
-    "You are an expert agent operating in the ALFRED Embodied Environment. "
-    "First reason step by step about the current situation inside <think> </think> tags. "
-    "Then choose one admissible action for the current step and give it inside "
-    "<action> </action> tags."
-)
+THINK_ACTION_INSTRUCTION = WORDING.think_action_instruction  # for instruction-tuned LLMs
 
 _ACTION_RE = re.compile(r"<action>(.*?)</action>", re.S | re.I)
 _WHITESPACE_RE = re.compile(r"\s+")
@@ -69,24 +67,24 @@ def normalize_action(text: str) -> str:
     return _WHITESPACE_RE.sub(" ", text).strip().lower()
 
 
-def _task_line(task: str) -> str:
+def _task_line(task: str, wording: Wording) -> str:
     if not task.strip():
         # Every prompt must carry the task: an empty one means the env state lost it.
         raise ValueError("empty task sentence: every prompt must state the task (check the env reset)")
-    return f"Your task is to: {task.strip()}"
+    return f"{wording.task_prefix}{task.strip()}"
 
 
-def _admissible_line(admissible: list[str], settings: PromptSettings) -> str | None:
+def _admissible_line(admissible: list[str], settings: PromptSettings, wording: Wording) -> str | None:
     if not settings.show_admissible:
         return None
     shown = [a for a in admissible if not (settings.drop_help and a.strip().lower() == "help")]
-    return "Admissible actions: " + ", ".join(shown)
+    return wording.admissible_prefix + ", ".join(shown)
 
 
-def _closing_lines(admissible: list[str], settings: PromptSettings) -> list[str]:
-    lines = [line for line in [_admissible_line(admissible, settings)] if line is not None]
+def _closing_lines(admissible: list[str], settings: PromptSettings, wording: Wording) -> list[str]:
+    lines = [line for line in [_admissible_line(admissible, settings, wording)] if line is not None]
     if settings.answer_format == "think_action":
-        lines.append(THINK_ACTION_INSTRUCTION)
+        lines.append(wording.think_action_instruction)
     return lines
 
 
@@ -101,6 +99,7 @@ def render_window_messages(
     observation: str,
     admissible: list[str],
     settings: PromptSettings,
+    wording: Wording = WORDING,
 ) -> list[dict[str, str]]:
     """Chat messages for one turn of the `window` layout: task, last pairs, observation, actions.
 
@@ -111,30 +110,31 @@ def render_window_messages(
         shown = history
     else:
         shown = history[-settings.history:] if settings.history else []
-    lines = [_task_line(task)]
+    lines = [_task_line(task, wording)]
     if shown:
         steps = f"{len(history)} step" + ("s" if len(history) != 1 else "")
         lines.append(f"You have taken {steps}. The last {len(shown)}:")
         for past_observation, past_action in shown:
-            lines.append(f"Observation: {past_observation.strip()}")
-            lines.append(f"Action: {past_action.strip()}")
-    lines.append(f"Observation: {observation.strip()}")
-    lines += _closing_lines(admissible, settings)
+            lines.append(f"{wording.observation_prefix}{past_observation.strip()}")
+            lines.append(f"{wording.action_prefix}{past_action.strip()}")
+    lines.append(f"{wording.observation_prefix}{observation.strip()}")
+    lines += _closing_lines(admissible, settings, wording)
     return system_messages(settings) + [{"role": "user", "content": "\n".join(lines)}]
 
 
 def render_first_user_message(
-    task: str, observation: str, admissible: list[str], settings: PromptSettings
+    task: str, observation: str, admissible: list[str], settings: PromptSettings, wording: Wording = WORDING
 ) -> dict[str, str]:
     """The first user message of the `full` layout (prepend `system_messages(settings)`)."""
-    return render_window_messages(task, [], observation, admissible, settings)[-1]
+    return render_window_messages(task, [], observation, admissible, settings, wording)[-1]
 
 
 def render_next_user_message(
-    task: str, feedback: str, admissible: list[str], settings: PromptSettings
+    task: str, feedback: str, admissible: list[str], settings: PromptSettings, wording: Wording = WORDING
 ) -> dict[str, str]:
     """A later user message of the `full` layout: the task restated, feedback, actions."""
-    lines = [_task_line(task), f"Observation: {feedback.strip()}"] + _closing_lines(admissible, settings)
+    lines = [_task_line(task, wording), f"{wording.observation_prefix}{feedback.strip()}"]
+    lines += _closing_lines(admissible, settings, wording)
     return {"role": "user", "content": "\n".join(lines)}
 
 

@@ -27,6 +27,7 @@ class Turn:
     repeated: bool = False  # same action as the previous turn
     won_after: bool = False
     expert_action: str | None = None  # the planner's next action in this state (oracle_gate only)
+    actor: str = "student"  # who produced the reply: student | teacher (MixedSampler, guided_opd)
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Datum:
     """One training sequence with per-token masks; all lists have the same length T."""
 
     token_ids: list[int]
-    response_mask: list[int]  # 1 on tokens the policy sampled, 0 on prompt/observation tokens
+    response_mask: list[int]  # 1 on tokens the trained policy sampled, 0 on prompt/observation/teacher-turn tokens
     turn_index: list[int]  # turn number (within the trajectory) of each response token, -1 elsewhere
     sample_logprobs: list[float]  # log p of each sampled token at sampling time, 0 elsewhere
     trajectory_index: int = 0

@@ -8,7 +8,7 @@ speed:  the tiny default teacher scores 10-turn trajectories (`full` layout) in 
 memory: teacher + student scoring with the full-vocabulary KL and its backward at Qwen2.5
         vocabulary sizes (student 151,936 rows, teacher 152,064) over --tokens response tokens,
         random weights. `naive` takes the models' own forward (logits for every position at
-        once), `chunked` is harness.scoring. On CPU each variant runs in a fresh subprocess and
+        once), `chunked` is harness.loop.scoring. On CPU each variant runs in a fresh subprocess and
         the figure is the peak resident set size during scoring (Linux VmHWM, reset through
         /proc/self/clear_refs just before) minus the resident size before; torch frees big
         tensors straight back to the OS (mmap), so the peak follows the live tensors. On CUDA it
@@ -28,7 +28,7 @@ import time
 import torch
 
 from harness.agent.trajectory import Datum, collate
-from harness.scoring import model_parts, student_pass, teacher_pass
+from harness.loop.scoring import model_parts, student_pass, teacher_pass
 from harness.tiny import TEACHER_SPEC, TinyModelSpec, build_tiny_model, build_tokenizer
 
 STUDENT_ROWS, TEACHER_ROWS = 151_936, 152_064  # Qwen2.5-1.5B and -7B embedding rows

@@ -55,6 +55,7 @@ class ExploringExpert:
         self.placed: set[str] = set()
         self.listing: list[str] = []
         self.phase = "find"
+        self.wrong = ""  # an object another policy took that the task does not need
 
     # -- helpers ----------------------------------------------------------------------------
     def observe(self, text: str) -> None:
@@ -97,27 +98,39 @@ class ExploringExpert:
         return command
 
     def update(self, command: str) -> None:
-        """Track the effect of an executed command (the expert's own or another policy's)."""
+        """Track the effect of an executed command that took effect (the expert's own or another
+        policy's: the labeller of DAgger and of the agreement figures follows any policy)."""
         if command.startswith("go to "):
             self.location = command[len("go to "):]
-        elif command.startswith("take ") and self.phase == "find":
+        elif command.startswith("take "):
             obj = command[len("take "):].split(" from ")[0]
-            if kind_of(obj) == self.target and obj not in self.placed:
+            if self.phase == "find" and kind_of(obj) == self.target and obj not in self.placed:
                 self.holding = obj
                 self.phase = "tool" if self.task_type in _TOOLS else "lamp" if self.lamp and not self.parent else "place"
+            elif obj != self.holding:
+                self.wrong = obj  # another policy picked up something the plan does not use
         elif command.startswith(("clean ", "heat ", "cool ")) and self.phase == "tool":
             if command.split(" ", 1)[1].startswith(f"{self.holding} with "):
                 self.phase = "place"
+        elif self.wrong and command.startswith(f"move {self.wrong} to "):
+            self.wrong = ""
         elif command.startswith(f"move {self.holding} to ") and self.holding:
-            self.placed.add(self.holding)
+            if self.phase == "place" and kind_of(command.split(" to ")[-1]) == self.parent:
+                self.placed.add(self.holding)
+                self.phase = "find" if len(self.placed) < self._needed() else "done"
+            else:  # put down too early or in the wrong place: find it again
+                self.phase = "find"
             self.holding = ""
-            self.phase = "find" if len(self.placed) < self._needed() else "done"
 
     def _needed(self) -> int:
         return 2 if self.task_type == "pick_two_obj_and_place" else 1
 
     def choose(self, admissible: list[str]) -> str:
         """The expert's command for these admissible commands (no state change)."""
+        if self.wrong:  # hands full with the wrong object: put it down here first
+            for command in sorted(admissible):
+                if command.startswith(f"move {self.wrong} to "):
+                    return command
         if self.phase == "find":
             for command in sorted(admissible):
                 if command.startswith(f"take {self.target} "):

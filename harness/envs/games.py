@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 TASK_TYPES: dict[int, str] = {
     1: "pick_and_place_simple",
@@ -57,12 +58,44 @@ class GameInfo:
         return dict(self.goal_params)
 
 
+SKIP_REASONS: dict[str, str] = {  # why a trial folder is not played; ALFWorld's filter drops each too
+    "movable_or_sliced": "path holds movable/Sliced (ALFWorld does not support them)",
+    "task_type": "task type not in env.task_types",
+    "missing_game_file": "no game.tw-pddl next to traj_data.json",
+    "malformed": "traj_data.json or game.tw-pddl unreadable or incomplete",
+    "no_solvable_key": "game.tw-pddl has no 'solvable' key",
+    "not_solvable": "game.tw-pddl has 'solvable' false or null",
+}
+ERROR_REASONS = ("missing_game_file", "malformed")  # raise under env.on_malformed=error
+
+
+class Skipped(NamedTuple):
+    """One trial folder that is not played."""
+
+    path: str  # the trial folder
+    detail: str  # what was wrong, naming the file
+    reason: str  # a key of SKIP_REASONS
+
+
 @dataclass
 class GameList:
     """Games found in one split, plus the files that were skipped and why."""
 
     games: list[GameInfo] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def skip_counts(self) -> dict[str, int]:
+        """{reason: count} of the skipped trial folders (reasons of SKIP_REASONS)."""
+        counts: dict[str, int] = {}
+        for skipped in self.skipped:
+            counts[skipped.reason] = counts.get(skipped.reason, 0) + 1
+        return dict(sorted(counts.items()))
+
+    def summary(self, split: str) -> str:
+        """One log line: games found and skipped per reason."""
+        counts = self.skip_counts()
+        shown = ", ".join(f"{n} {reason}" for reason, n in counts.items())
+        return f"games {split}: {len(self.games)} playable" + (f", {sum(counts.values())} skipped ({shown})" if counts else "")
 
 
 def object_and_receptacle_words() -> list[str]:
@@ -112,28 +145,33 @@ def resolve_data_root(data_root: str | os.PathLike | None) -> Path:
     return root
 
 
-def _read_game(trial_dir: Path, split: str, wanted: set[str]) -> GameInfo | str | None:
-    """A GameInfo, None when filtered out (as AlfredTWEnv would), or an error string."""
+def _read_game(trial_dir: Path, split: str, wanted: set[str], name: str) -> GameInfo | tuple[str, str]:
+    """A GameInfo, or (reason, detail) when skipped, checked in the order of AlfredTWEnv;
+    `name` is the folder's path under the split (the data root's own path may say anything)."""
     traj_path, game_path = trial_dir / "traj_data.json", trial_dir / "game.tw-pddl"
-    if not game_path.exists():
-        return f"{game_path}: missing game.tw-pddl next to traj_data.json"
+    if "movable" in name or "Sliced" in name:
+        return "movable_or_sliced", str(trial_dir)
     try:
         traj = json.loads(traj_path.read_text())
         task_type = traj["task_type"]
         params = traj.get("pddl_params", {})
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        return f"{traj_path}: malformed traj_data.json ({type(err).__name__}: {err})"
+        return "malformed", f"{traj_path}: malformed traj_data.json ({type(err).__name__}: {err})"
     if task_type not in wanted:
-        return None
+        return "task_type", str(task_type)
+    if not game_path.exists():
+        return "missing_game_file", f"{game_path}: missing game.tw-pddl next to traj_data.json"
     try:
         game = json.loads(game_path.read_text())
         for key in ("pddl_domain", "grammar", "pddl_problem"):
             if not isinstance(game.get(key), str) or not game[key]:
                 raise KeyError(key)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        return f"{game_path}: malformed game file ({type(err).__name__}: {err})"
-    if not game.get("solvable", False):
-        return None
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        return "malformed", f"{game_path}: malformed game file ({type(err).__name__}: {err})"
+    if "solvable" not in game:
+        return "no_solvable_key", str(game_path)
+    if not game["solvable"]:
+        return "not_solvable", f"{game_path}: solvable is {game['solvable']!r}"
     items = tuple(sorted((str(k), str(v)) for k, v in params.items()))
     return GameInfo(str(game_path), task_type, split, items)
 
@@ -146,7 +184,8 @@ def discover_games(
 ) -> GameList:
     """All playable games of one split, sorted by path (a stable order for seeds).
 
-    on_malformed: "skip" (count it in `skipped` and go on) or "error" (stop, naming the file).
+    Every skipped trial folder is kept in `skipped` with its reason (SKIP_REASONS).
+    on_malformed: a malformed or missing file is "skip"ped (counted) or an "error" naming it.
     """
     if split not in SPLITS:
         raise GameDataError(f"Unknown split {split!r}; expected one of {SPLITS}.")
@@ -158,19 +197,19 @@ def discover_games(
     found = GameList()
     for traj_path in sorted(split_dir.rglob("traj_data.json")):
         trial_dir = traj_path.parent
-        if "movable" in str(trial_dir) or "Sliced" in str(trial_dir):
-            continue
-        outcome = _read_game(trial_dir, split, wanted)
+        outcome = _read_game(trial_dir, split, wanted, str(trial_dir.relative_to(split_dir)))
         if isinstance(outcome, GameInfo):
             found.games.append(outcome)
-        elif isinstance(outcome, str):
-            if on_malformed == "error":
-                raise GameDataError(f"{outcome}. Fix or delete it, or set env.on_malformed=skip.")
-            found.skipped.append((str(trial_dir), outcome))
+            continue
+        reason, detail = outcome
+        if reason in ERROR_REASONS and on_malformed == "error":
+            raise GameDataError(f"{detail}. Fix or delete it, or set env.on_malformed=skip.")
+        found.skipped.append(Skipped(str(trial_dir), detail, reason))
     if not found.games:
+        counts = found.skip_counts()
+        shown = "; ".join(f"{n} {reason}: {SKIP_REASONS[reason]}" for reason, n in counts.items()) or "no trial folders"
         raise GameDataError(
-            f"No playable games of task types {sorted(wanted)} in {split_dir} "
-            f"({len(found.skipped)} malformed files skipped). {GENERATE_HINT}"
+            f"No playable games of task types {sorted(wanted)} in {split_dir} (skipped: {shown}). {GENERATE_HINT}"
         )
     return found
 

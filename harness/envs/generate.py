@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import alfworld.gen.constants as C
 
-from harness import shipped
+from harness import cache
 from harness.envs import pddl_writer, scenes
 from harness.envs.games import DATA_VERSION_DIR, TASK_TYPES
 
@@ -302,21 +301,15 @@ def generate_suite(spec: SuiteSpec, out_dir: str | Path) -> dict:
     return {**summary, "seconds": round(time.perf_counter() - start, 2)}
 
 
-def default_cache_root() -> Path:
-    """$SAGE_OPD_CACHE, else ~/.cache/sage-opd."""
-    return Path(os.environ.get("SAGE_OPD_CACHE") or Path.home() / ".cache" / "sage-opd")
-
-
 def ensure_suite(spec: SuiteSpec, cache_root: str | Path | None = None) -> Path:
     """The data root (the folder holding json_2.1.1) of this suite, generated once and cached."""
-    base = Path(cache_root or default_cache_root()) / "games"
+    base = cache.cache_root(cache_root) / "games"
     root = base / suite_hash(spec)
     if (root / "suite.json").is_file():
         return root
     base.mkdir(parents=True, exist_ok=True)
     # The lock only saves a second process the work; the rename alone keeps the cache whole.
-    with open(base / f".{root.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with cache.locked(base / f".{root.name}.lock"):
         if (root / "suite.json").is_file():
             return root
         if root.exists():
@@ -324,10 +317,10 @@ def ensure_suite(spec: SuiteSpec, cache_root: str | Path | None = None) -> Path:
                                   "delete that folder and run again.")
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=base))
         try:
-            if (archive := shipped.suite_archive(root.name)) is not None:  # generated here before, shipped
-                shipped.unpack_suite(archive, tmp)
+            if (archive := cache.suite_archive(root.name)) is not None:  # generated here before, shipped
+                cache.unpack_suite(archive, tmp)
             else:
-                shipped.check_may_build("the game suite", root.name)
+                cache.check_may_build("the game suite", root.name)
                 generate_suite(spec, tmp)
             try:
                 os.rename(tmp, root)

@@ -11,13 +11,11 @@ as failed with the reason and the rest of the batch goes on.
 from __future__ import annotations
 
 import multiprocessing as mp
-import re
+import os
 from dataclasses import dataclass, field
 
+from harness.envs.base import get_environment
 from harness.envs.worker import worker_main
-
-_TASK_RE = re.compile(r"Your task is to:\s*(.*?)\s*$", re.S)
-_BANNER = "-= Welcome to TextWorld, ALFRED! =-"
 
 
 @dataclass
@@ -35,25 +33,36 @@ class EnvState:
     failed: str | None = None  # why the episode failed outside the game (worker death, load error)
 
 
-def split_initial_observation(text: str) -> tuple[str, str]:
-    """Initial engine text -> (observation without banner/task, task sentence)."""
-    match = _TASK_RE.search(text)
-    task = match.group(1).strip() if match else ""
-    observation = text[: match.start()] if match else text
-    return observation.replace(_BANNER, "").strip(), task
+def default_num_workers() -> int:
+    """One env worker per core this process may use: the Slurm allocation
+    (SLURM_CPUS_PER_TASK) inside a Slurm job, else the CPU affinity mask."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class EnvPool:
-    """Batched reset/step over envs held by `num_workers` processes."""
+    """Batched reset/step over envs held by `num_workers` processes (None: one per usable core).
+    `fast_engine` applies the exact engine speed-ups (engine_cache.py) in the workers."""
 
-    def __init__(self, num_workers: int = 2, max_steps: int = 30, with_plan: bool = False,
-                 timeout_s: float = 300.0, cache_size: int = 64) -> None:
+    def __init__(self, num_workers: int | None = None, max_steps: int = 30, with_plan: bool = False,
+                 timeout_s: float = 300.0, cache_size: int = 64, fast_engine: bool = True,
+                 environment: str = "alfworld") -> None:
+        if num_workers is None:
+            num_workers = default_num_workers()
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         self.num_workers, self.max_steps = num_workers, max_steps
         self.with_plan, self.timeout_s, self.cache_size = with_plan, timeout_s, cache_size
+        self.fast_engine = fast_engine
+        self.environment = get_environment(environment)  # an unknown name fails here, not in a worker
+        self._environment_name = environment
         self._ctx = mp.get_context("spawn")  # fork after torch threads start is unsafe
         self._workers: list = [None] * num_workers
         self._conns: list = [None] * num_workers
@@ -68,7 +77,7 @@ class EnvPool:
     def _start_worker(self, w: int) -> None:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
-            target=worker_main, args=(child, self.with_plan, self.cache_size),
+            target=worker_main, args=(child, self.with_plan, self.cache_size, self.fast_engine, self._environment_name),
             daemon=True, name=f"alfworld-env-{w}",
         )
         proc.start()
@@ -130,7 +139,7 @@ class EnvPool:
                     self.states[i].failed = result["error"]
                     continue
                 self.preloaded_resets += bool(result.get("preloaded"))
-                observation, task = split_initial_observation(result["text"])
+                observation, task = self.environment.split_initial(result["text"])
                 self.states[i] = EnvState(observation, task, result["admissible"], result["won"],
                                           result["done"], 0, gamefile, result.get("plan", []))
         return list(self.states)
@@ -174,6 +183,11 @@ class EnvPool:
                 state.plan = result.get("plan", [])
                 state.done = result["done"] or state.won or state.steps >= self.max_steps
         return list(self.states)
+
+    def worker_info(self) -> list[dict]:
+        """Each worker's state: whether it runs the fast engine, how many envs it holds."""
+        replies = self._call_all({w: ("info", []) for w in range(self.num_workers)})
+        return [replies[w] for w in range(self.num_workers)]
 
     @property
     def all_done(self) -> bool:

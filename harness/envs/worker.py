@@ -1,4 +1,5 @@
-"""The env worker process: holds real ALFWorld envs and answers batched reset/step requests.
+"""The env worker process: holds real games of one environment (base.py) and answers batched
+reset/step requests.
 
 Runs in its own process (see pool.py for why). Envs are cached per game file (LRU) since
 loading a game costs ~260 ms and resetting one ~185 ms.
@@ -10,36 +11,22 @@ import sys
 import traceback
 from collections import OrderedDict
 
-
-def _make_env(gamefile: str, with_plan: bool):
-    import textworld
-    from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
-
-    infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"],
-                               policy_commands=with_plan)
-    return textworld.start(gamefile, infos, wrappers=[AlfredDemangler(), AlfredInfos])
+from harness.envs.alfworld import make_textworld_env as _make_env  # noqa: F401  (harness/bench/engine.py)
+from harness.envs.base import get_environment
 
 
-def _state_dict(state, done: bool, with_plan: bool) -> dict:
-    result = {
-        "text": state.feedback if state.feedback is not None else "",
-        "admissible": [str(c) for c in (state.get("admissible_commands") or [])],
-        "won": bool(state.get("won")),
-        "done": bool(done),
-    }
-    if with_plan:
-        result["plan"] = [str(c) for c in (state.get("policy_commands") or [])]
-    return result
-
-
-def worker_main(conn, with_plan: bool, cache_size: int) -> None:
-    """Serve ("reset", [(slot, gamefile)]), ("step", [(slot, action)]), ("close", []) and
+def worker_main(conn, with_plan: bool, cache_size: int, fast_engine: bool = True,
+                environment: str = "alfworld") -> None:
+    """Serve the games of `environment` (registered in base.py; `fast_engine`: its exact engine
+    speed-ups, engine_cache.py for ALFWorld, in this process): serve ("reset", [(slot, gamefile)]), ("step", [(slot, action)]), ("close", []) and
     ("preload", [(None, gamefile)]): load and reset envs ahead of time (while the caller is busy
     elsewhere), so a later "reset" of that game answers with the stored first state at once."""
     idle: OrderedDict[tuple[str, int], object] = OrderedDict()  # (gamefile, copy) -> env, LRU
     active: dict[int, tuple[tuple[str, int], object]] = {}  # slot -> (key, env)
     fresh: dict[tuple[str, int], dict] = {}  # idle envs reset ahead of time -> their first state
     real_argv, real_stdout = list(sys.argv), sys.stdout
+    env_kind = get_environment(environment)
+    env_kind.setup_worker(fast_engine)
     while True:
         try:
             command, items = conn.recv()
@@ -47,6 +34,11 @@ def worker_main(conn, with_plan: bool, cache_size: int) -> None:
             return
         if command == "close":
             return
+        if command == "info":
+            from harness.envs import engine_cache
+
+            conn.send({"fast_engine": engine_cache.installed(), "cached_envs": len(idle) + len(active)})
+            continue
         if command == "reset":
             # A slot gets its own engine: two slots playing the same game file never share one.
             for slot, _ in items:
@@ -64,12 +56,12 @@ def worker_main(conn, with_plan: bool, cache_size: int) -> None:
                         key = next((k for k in idle if k[0] == arg and k not in fresh), None)
                     if key is None:
                         copies = {k[1] for k in idle if k[0] == arg} | {k[1] for k, _ in active.values() if k[0] == arg}
-                        key, env = (arg, max(copies, default=-1) + 1), _make_env(arg, with_plan)
+                        key, env = (arg, max(copies, default=-1) + 1), env_kind.make_game(arg, with_plan)
                     else:
                         env = idle.pop(key)
                     first = fresh.pop(key, None)
                     if first is None:  # a reset is deterministic: a stored first state is the same
-                        first = _state_dict(env.reset(), False, with_plan)
+                        first = env.reset()
                     else:
                         first = {**first, "preloaded": True}
                     if command == "preload":
@@ -83,8 +75,7 @@ def worker_main(conn, with_plan: bool, cache_size: int) -> None:
                         old.close()
                     results.append(first)
                 else:
-                    state, _reward, done = active[slot][1].step(arg)
-                    results.append(_state_dict(state, done, with_plan))
+                    results.append(active[slot][1].step(arg))
             except Exception as err:  # reported per env; the worker goes on
                 detail = traceback.format_exception_only(type(err), err)[-1].strip()
                 results.append({"error": f"{command} failed for {arg!r}: {detail}"})

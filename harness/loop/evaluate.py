@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 from harness.agent.prompt import PromptSettings
-from harness.agent.rollout import RolloutSettings, rollout
-from harness.envs import EnvPool, discover_games, interleave_task_types
+from harness.agent.rollout import rollout
+from harness.config import rollout_settings
+from harness.envs import EnvPool, get_environment, interleave_task_types
 
 
 def split_metrics(trajectories_per_seed: list[list]) -> dict:
@@ -46,12 +47,10 @@ def evaluate(model, tokenizer, data_root, cfg, pool: EnvPool, prompt: PromptSett
     """Play every eval game of every split once per eval seed; returns {split: metrics}.
 
     With `episodes_path`, every episode is also written there as JSONL (for reading failures)."""
-    settings = RolloutSettings(layout=cfg.prompt.layout, greedy=cfg.eval.greedy, temperature=cfg.eval.temperature,
-                               top_p=cfg.eval.top_p, max_new_tokens=cfg.prompt.max_new_tokens,
-                               max_turns=cfg.env.max_steps)
+    settings = rollout_settings(cfg, evaluation=True)
     results, records = {}, []
     for split in cfg.eval.splits:
-        games = discover_games(data_root, split, cfg.env.task_types, cfg.env.on_malformed).games
+        games = get_environment(cfg.env.name).discover(data_root, split, cfg.env.task_types, cfg.env.on_malformed).games
         if cfg.eval.max_games:
             games = _balanced(games, cfg.eval.max_games)
         runs = []

@@ -30,9 +30,11 @@ from peft import PeftModel
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from methods.estimators import reverse_kl, token_loss
+from methods.estimators import reverse_kl, token_logprobs
+from methods.method import Method
 
 Batch = dict[str, Tensor]
+REVERSE_KL = Method(name="reverse_kl")  # student_pass's default: full-vocabulary KL(S||T), temperature 1
 
 
 @dataclass
@@ -73,8 +75,8 @@ class StudentOutput:
     """Per-token student results, zero outside response tokens."""
 
     token_loss_B_T: Tensor  # the estimator's loss, with grad into the student
-    logp_B_T: Tensor  # log p_S of the sampled token (detached)
-    kl_B_T: Tensor  # full-vocabulary reverse KL(S || T) at temperature 1 (detached), for logging
+    logp_B_T: Tensor  # log p_S of the sampled token, with grad into the student (detach to log it)
+    kl_B_T: Tensor | None  # full-vocabulary reverse KL(S || T) at temperature 1 (detached); None without teacher
 
 
 def response_positions(batch: Batch, which: str = "response") -> Positions:
@@ -164,103 +166,83 @@ def teacher_pass(
 
 def _student_chunk(
     student_hidden_C_D: Tensor,
-    teacher_hidden_C_D: Tensor,
+    teacher_hidden_C_D: Tensor | None,
     sampled_C: Tensor,
     old_logp_C: Tensor,
     *,
     head: torch.nn.Module,
-    teacher_head: torch.nn.Module,
-    estimator: str,
-    beta: float,
-    clip_eps: float | None,
-    temperature: float,
-) -> tuple[Tensor, Tensor, Tensor]:
+    teacher_head: torch.nn.Module | None,
+    method: Method,
+) -> tuple[Tensor, Tensor, Tensor | None]:
     student_logits_C_V = head(student_hidden_C_D)
+    teacher_logits_C_V = None
+    if teacher_hidden_C_D is not None:
+        with torch.no_grad():
+            # Cut the teacher's padding rows to the student's size (models.check_compatible).
+            teacher_logits_C_V = teacher_head(teacher_hidden_C_D)[:, : student_logits_C_V.shape[-1]]
+    loss_C = method.token_loss(student_logits_C_V, teacher_logits_C_V, sampled_C, old_logp_C)
+    logp_C = token_logprobs(student_logits_C_V, sampled_C)  # with grad: atod's RL term backpropagates it
     with torch.no_grad():
-        # Cut the teacher's padding rows to the student's size (models.check_compatible).
-        teacher_logits_C_V = teacher_head(teacher_hidden_C_D)[:, : student_logits_C_V.shape[-1]]
-    loss_C = token_loss(
-        estimator,
-        student_logits_C_V,
-        teacher_logits_C_V,
-        sampled_C,
-        old_logp_C,
-        beta=beta,
-        clip_eps=clip_eps,
-        temperature=temperature,
-    )
-    with torch.no_grad():
-        logp_C = (
-            F.log_softmax(student_logits_C_V.float(), dim=-1)
-            .gather(1, sampled_C[:, None])
-            .squeeze(1)
-        )
-        same = estimator == "full_kl" and temperature == 1.0  # then the loss is this KL already
-        kl_C = loss_C.detach() if same else reverse_kl(student_logits_C_V, teacher_logits_C_V)
+        kl_C = None
+        if teacher_logits_C_V is not None:
+            same = method.estimator == "full_kl" and method.temperature == 1.0  # the loss is this KL
+            kl_C = loss_C.detach() if same else reverse_kl(student_logits_C_V, teacher_logits_C_V)
     return loss_C, logp_C, kl_C
+
+
+def _per_chunk(run_chunk, n: int, chunk_size: int, *args_N) -> list[tuple]:
+    """`run_chunk` on C of the N rows of every tensor in `args_N` at a time (None passes as None).
+
+    With grad, each chunk runs under checkpointing: only its inputs are kept for backward, which
+    recomputes its V-wide logits; otherwise every chunk's logits would stay alive until backward.
+    """
+    outs = []
+    for part in _chunks(n, chunk_size):
+        args = [None if a is None else a[part] for a in args_N]
+        out = checkpoint(run_chunk, *args, use_reentrant=False) if torch.is_grad_enabled() else run_chunk(*args)
+        outs.append(out if isinstance(out, tuple) else (out,))
+    return outs
 
 
 def student_pass(
     student,
-    teacher_head: torch.nn.Module,
+    teacher_head: torch.nn.Module | None,
     batch: Batch,
-    teacher_out: TeacherOutput,
+    teacher_out: TeacherOutput | None,
     *,
-    estimator: str = "full_kl",
+    method: Method = REVERSE_KL,
     chunk_size: int = 512,
-    beta: float = 0.5,
-    clip_eps: float | None = None,
-    temperature: float = 1.0,
 ) -> StudentOutput:
-    """Student forward with grad: the estimator's per-token loss against the teacher, chunk by chunk.
+    """Student forward with grad: `method`'s per-token loss (its estimator and knobs), chunk by chunk.
 
-    `teacher_head` is `model_parts(teacher)[1]`; `teacher_out` comes from `teacher_pass` on the
-    same batch. Call `.backward()` on a reduction of `token_loss_B_T`.
+    `teacher_head` is `model_parts(teacher)[1]` and `teacher_out` comes from `teacher_pass` on the
+    same batch; both None for a method without teacher (sft's nll, then `kl_B_T` is None).
+    Call `.backward()` on a reduction of `token_loss_B_T`.
     """
-    positions = teacher_out.positions
+    positions = teacher_out.positions if teacher_out is not None else response_positions(batch)
     body, head = model_parts(student)
     hidden_N_D = _context_hidden(body, batch, positions)
     device = hidden_N_D.device
     sampled_N = _sampled_ids(batch, positions, device)
     old_logp_N = batch["old_logp_B_T"][positions.batch_N, positions.target_N].to(device)
-    teacher_hidden_N_D = teacher_out.hidden_N_D.to(device)
-    run_chunk = partial(
-        _student_chunk,
-        head=head,
-        teacher_head=teacher_head,
-        estimator=estimator,
-        beta=beta,
-        clip_eps=clip_eps,
-        temperature=temperature,
-    )
-    losses, logps, kls = [], [], []
-    for part in _chunks(len(sampled_N), chunk_size):
-        args = (hidden_N_D[part], teacher_hidden_N_D[part], sampled_N[part], old_logp_N[part])
-        # Checkpointing keeps only the chunk's inputs for backward and recomputes its V-wide
-        # logits there; without it every chunk's logits would stay alive until backward.
-        loss_C, logp_C, kl_C = (
-            checkpoint(run_chunk, *args, use_reentrant=False)
-            if torch.is_grad_enabled()
-            else run_chunk(*args)
-        )
-        losses.append(loss_C)
-        logps.append(logp_C)
-        kls.append(kl_C)
-    if not losses:
+    teacher_hidden_N_D = teacher_out.hidden_N_D.to(device) if teacher_out is not None else None
+    run_chunk = partial(_student_chunk, head=head, teacher_head=teacher_head, method=method)
+    outs = _per_chunk(run_chunk, len(sampled_N), chunk_size, hidden_N_D, teacher_hidden_N_D, sampled_N, old_logp_N)
+    if not outs:
         zero_B_T = hidden_N_D.new_zeros(positions.shape, dtype=torch.float32)
-        return StudentOutput(zero_B_T + 0.0 * hidden_N_D.sum(), zero_B_T, zero_B_T)
+        return StudentOutput(zero_B_T + 0.0 * hidden_N_D.sum(), zero_B_T, zero_B_T if teacher_out is not None else None)
+    losses, logps, kls = zip(*outs, strict=True)
     return StudentOutput(
         positions.to_B_T(torch.cat(losses)),
         positions.to_B_T(torch.cat(logps)),
-        positions.to_B_T(torch.cat(kls)),
+        positions.to_B_T(torch.cat(kls)) if teacher_out is not None else None,
     )
 
 
 def _logprob_chunk(
     hidden_C_D: Tensor, targets_C: Tensor, *, head: torch.nn.Module, keep_vocab: int | None
 ) -> Tensor:
-    logits_C_V = head(hidden_C_D)[:, :keep_vocab].float()
-    return F.log_softmax(logits_C_V, dim=-1).gather(1, targets_C[:, None]).squeeze(1)
+    return token_logprobs(head(hidden_C_D)[:, :keep_vocab], targets_C)
 
 
 def sequence_logprobs(
@@ -281,14 +263,7 @@ def sequence_logprobs(
     hidden_N_D = _context_hidden(body, batch, positions)
     targets_N = _sampled_ids(batch, positions, hidden_N_D.device)
     run_chunk = partial(_logprob_chunk, head=head, keep_vocab=keep_vocab)
-    parts = []
-    for part in _chunks(len(targets_N), chunk_size):
-        args = (hidden_N_D[part], targets_N[part])
-        parts.append(
-            checkpoint(run_chunk, *args, use_reentrant=False)
-            if torch.is_grad_enabled()
-            else run_chunk(*args)
-        )
+    parts = [out[0] for out in _per_chunk(run_chunk, len(targets_N), chunk_size, hidden_N_D, targets_N)]
     if not parts:
         return hidden_N_D.new_zeros(positions.shape, dtype=torch.float32) + 0.0 * hidden_N_D.sum()
     return positions.to_B_T(torch.cat(parts))

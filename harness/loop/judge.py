@@ -20,14 +20,15 @@ from torch import Tensor
 
 from harness.agent.rollout import chat_tokens
 from harness.agent.trajectory import Trajectory
-from harness.scoring import model_parts
+from harness.envs.alfworld import WORDING
+from harness.loop.scoring import model_parts
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
 LABEL_NAMES = ("skip", "weak", "strong")  # column order of probs_U_3 (methods.batch.LABELS)
 TEMPLATE_FIELDS = ("task", "history", "observation", "action", "feedback", "labels", "skip", "weak", "strong")
 NO_HISTORY = "No earlier steps."
-_OBSERVATION_PREFIX = "Observation: "  # how harness.agent.prompt writes the current observation
+_OBSERVATION_PREFIX = WORDING.observation_prefix  # how the prompt writes the current observation
 
 TurnKey = tuple[int, int]  # (trajectory index, turn index), as in collate's turn_keys_U
 
@@ -107,10 +108,12 @@ def _tokenizer_name(tokenizer) -> str:
     return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
 
 
-def label_token_ids(tokenizer, labels: tuple[str, ...] | list[str]) -> list[int]:
-    """The first token id of each label as it would start the assistant reply; must be distinct."""
+def label_token_ids(tokenizer, labels: tuple[str, ...] | list[str],
+                    messages: list[dict[str, str]] | None = None) -> list[int]:
+    """The first token id of each label as it would start the assistant reply after `messages`
+    (a judge prompt; default a one-word one); must be distinct."""
     chat = chat_tokens(tokenizer)
-    probe = judge_prompt_text(tokenizer, [{"role": "user", "content": "x"}])
+    probe = judge_prompt_text(tokenizer, messages or [{"role": "user", "content": "x"}])
     probe_ids = chat.encode(probe)
     ids = []
     for label in labels:
@@ -130,10 +133,20 @@ def label_token_ids(tokenizer, labels: tuple[str, ...] | list[str]) -> list[int]
     if len(set(ids)) != len(ids):
         pieces = [tokenizer.convert_ids_to_tokens(i) for i in ids]
         raise ValueError(
-            f"judge labels {list(labels)} start with the tokens {pieces} in tokenizer {_tokenizer_name(tokenizer)!r}: "
-            "two labels share a first token, so their probabilities cannot be told apart; choose distinct label words"
+            f"judge labels {list(labels)} start with the tokens {pieces} (ids {ids}) in tokenizer "
+            f"{_tokenizer_name(tokenizer)!r}: two labels share a first token, so their probabilities cannot be "
+            "told apart; choose distinct label words (judge.labels=[...])"
         )
     return ids
+
+
+def check_label_tokens(tokenizer, settings: JudgeSettings) -> list[int]:
+    """Start-up check of judge.labels: their first tokens, read where the judge reads them (the
+    reply to a prompt made from the template), are known and distinct; the error names them."""
+    messages = render_judge_messages("put a mug in the sinkbasin.", [("You are in a room.", "look")],
+                                     "You arrive at the sinkbasin 1.", "go to sinkbasin 1", "Nothing happens.",
+                                     settings)
+    return label_token_ids(tokenizer, settings.labels, messages)
 
 
 def _labels_text(labels: tuple[str, ...]) -> str:
@@ -152,7 +165,7 @@ def render_judge_messages(task: str, history: list[tuple[str, str]], observation
         raise ValueError("empty task sentence: every judge prompt must state the task (check the env reset)")
     limit = settings.history if shown is None else shown
     pairs = history if limit == -1 else history[-limit:] if limit else []
-    lines = [f"Observation: {o.strip()}\nAction: {a.strip()}" for o, a in pairs]
+    lines = [f"{WORDING.observation_prefix}{o.strip()}\n{WORDING.action_prefix}{a.strip()}" for o, a in pairs]
     skip, weak, strong = settings.labels
     content = (template if template is not None else load_template(settings)).format(
         task=task.strip(), history="\n".join(lines) if lines else NO_HISTORY, observation=observation.strip(),

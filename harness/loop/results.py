@@ -7,7 +7,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from harness.checkpoint import write_atomic
+from harness.loop.checkpoint import write_atomic
 
 
 def versions(suite_hash: str | None = None) -> dict:

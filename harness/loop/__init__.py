@@ -1,0 +1,2 @@
+"""The training loop: train (one optimizer step as one story), scoring, the judge, evaluation,
+checkpoints and the run record (results.json)."""

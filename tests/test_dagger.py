@@ -1,0 +1,99 @@
+"""DAgger's labeller: the exploring expert follows any policy's commands and names its own next
+command in every visited state; the corrections become SFT data in the rollout's token layout."""
+
+from __future__ import annotations
+
+from harness.agent.prompt import PromptSettings
+from harness.dagger import LabelledEpisode, dagger_data, expert_labels, mixed_data, state_sample
+from harness.envs import EnvPool, GameInfo, discover_games
+from harness.envs.demos import play_experts
+from harness.envs.experts import ExploringExpert
+from harness.tiny import build_tokenizer
+
+ROOM = ("You are in the middle of a room. Looking quickly around you, you see a cabinet 1, a countertop 1, "
+        "a sinkbasin 1, and a fridge 1.")
+
+
+def test_expert_puts_down_an_object_the_task_does_not_need():
+    expert = ExploringExpert("pick_and_place_simple", {"object_target": "Mug", "parent_target": "Fridge"})
+    expert.observe(ROOM)
+    expert.update("go to countertop 1")
+    expert.update("take bread 1 from countertop 1")  # another policy's mistake
+    assert expert.wrong == "bread 1"
+    assert expert.choose(["move bread 1 to countertop 1", "go to fridge 1"]) == "move bread 1 to countertop 1"
+    expert.update("move bread 1 to countertop 1")
+    assert expert.wrong == "" and expert.phase == "find"
+    assert expert.choose(["take mug 1 from countertop 1", "go to fridge 1"]) == "take mug 1 from countertop 1"
+
+
+def test_expert_searches_again_after_the_object_was_put_in_the_wrong_place():
+    expert = ExploringExpert("pick_clean_then_place_in_recep",
+                             {"object_target": "Mug", "parent_target": "Fridge"})
+    expert.observe(ROOM)
+    expert.update("go to countertop 1")
+    expert.update("take mug 1 from countertop 1")
+    assert expert.phase == "tool"
+    expert.update("go to fridge 1")
+    expert.update("move mug 1 to fridge 1")  # not cleaned yet: the task is not done
+    assert (expert.phase, expert.holding, expert.placed) == ("find", "", set())
+    assert expert.choose(["take mug 1 from fridge 1", "go to cabinet 1"]) == "take mug 1 from fridge 1"
+
+
+def test_labels_follow_the_commands_that_took_effect_only():
+    game = GameInfo("g", "pick_and_place_simple", "train", (("object_target", "Mug"), ("parent_target", "Fridge")))
+    go = ["go to cabinet 1", "go to countertop 1", "go to sinkbasin 1", "go to fridge 1"]
+    turns = [
+        (go, "go to sinkbasin 1", "On the sinkbasin 1, you see nothing."),  # off the expert's order
+        (go, "take mug 1 from sinkbasin 1", "Nothing happens."),  # rejected: no effect
+        (go + ["take mug 1 from countertop 1"], "go to cabinet 1", "The cabinet 1 is closed."),
+    ]
+    # 1: from the start the first listed place; 2: after sinkbasin 1 comes fridge 1 (the rejected
+    # take changed nothing); 3: a mug is takeable here, so take it
+    assert expert_labels(game, ROOM, turns) == ["go to cabinet 1", "go to fridge 1", "take mug 1 from countertop 1"]
+
+
+def _episode(executed, labels):
+    n = len(executed)
+    return LabelledEpisode("put a mug in fridge.", "pick_and_place_simple", [ROOM] + ["ok."] * (n - 1),
+                           [["look"]] * n, executed, labels, won=False)
+
+
+def test_dagger_data_keeps_agreeing_turns_in_place_and_adds_one_datum_per_correction():
+    tiny_tokenizer = build_tokenizer([ROOM, "put a mug in fridge. ok. go to look"])
+    prompt = PromptSettings(show_admissible=False)
+    episode = _episode(["go to cabinet 1", "go to fridge 1", "go to cabinet 1"],
+                       ["go to cabinet 1", "go to sinkbasin 1", "go to countertop 1"])
+    assert episode.agree == [True, False, False]
+    data = dagger_data([episode], tiny_tokenizer, prompt, "full")
+    assert len(data) == 3  # the episode (turn 0 trained) + one datum for each of turns 1 and 2
+    whole, first_fix, second_fix = data
+    assert sorted({t for t, m in zip(whole.turn_index, whole.response_mask, strict=True) if m}) == [0]
+
+    def trained_text(datum):
+        return tiny_tokenizer.decode([t for t, m in zip(datum.token_ids, datum.response_mask, strict=True) if m],
+                                     skip_special_tokens=True)
+
+    assert trained_text(first_fix) == "go to sinkbasin 1"
+    assert trained_text(second_fix) == "go to countertop 1"
+    # the correction of turn 2 sits after turns 0 and 1 as they were played
+    assert len(second_fix.token_ids) > len(first_fix.token_ids)
+    assert len(dagger_data([episode], tiny_tokenizer, prompt, "full", max_corrections=1)) == 2
+    assert len(state_sample([episode], tiny_tokenizer, prompt, "full", per_episode=2)) == 2
+
+
+def test_mixed_data_draws_the_share_from_the_corrections():
+    base, extra = list(range(100)), [-1, -2]
+    picked = mixed_data(base, extra, share=0.25, total=40, seed=0)
+    assert len(picked) == 40 and sum(x < 0 for x in picked) == 10
+    assert mixed_data(base, [], share=0.5, total=8, seed=0) == mixed_data(base, [], share=0.0, total=8, seed=0)
+
+
+def test_expert_labels_its_own_episodes_with_its_own_commands(small_suite):
+    # on the expert's own trajectory every label is the command it played (no off-policy drift)
+    games = discover_games(small_suite, "valid_seen").games[:6]
+    with EnvPool(num_workers=1, max_steps=30) as pool:
+        episodes = play_experts(pool, games)
+        first = [s.text for s in pool.reset([g.gamefile for g in games])]
+    for game, observation, episode in zip(games, first, episodes, strict=True):
+        turns = [(t["admissible"], t["action"], t["feedback"]) for t in episode["turns"]]
+        assert expert_labels(game, observation, turns) == [t["action"] for t in episode["turns"]]
