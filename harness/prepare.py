@@ -337,15 +337,23 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
                 return build(tmp)
         return run
 
-    report = _cached(base, teacher_dir.name, seeded(lambda tmp: _build_teacher(
-        suite_root, tmp, settings, prompt, extra_teacher_data, list(extra_words), teacher_report, log, device)), log)
-    base_key = teacher_key
+    def base_teacher() -> dict:
+        return _cached(base, f"teacher-{base_key}", seeded(lambda tmp: _build_teacher(
+            suite_root, tmp, settings, prompt, extra_teacher_data, list(extra_words), teacher_report, log, device)), log)
+
+    def available(key: str) -> bool:
+        return (base / key / "report.json").exists() or cache.model_entry(key) is not None
+
+    base_key, base_dir = teacher_key, teacher_dir
     if settings.dagger.rounds > 0:
-        base_dir = teacher_dir
-        teacher_key = _dagger_key(teacher_key, settings)
+        teacher_key = _dagger_key(base_key, settings)
         teacher_dir = base / f"teacher-{teacher_key}"
+        if not available(teacher_dir.name):  # the base teacher is only needed to build this stage
+            base_teacher()
         report = _cached(base, teacher_dir.name, seeded(lambda tmp: _build_dagger_teacher(
             suite_root, tmp, base_dir, settings, prompt, extra_teacher_data, teacher_report, log, device)), log)
+    else:
+        report = base_teacher()
     # the student is made from the base teacher's tokenizer and the expert's demonstrations, never
     # from the teacher's weights: a DAgger teacher keeps the same warm-start student
     student_key = _student_key(base_key, settings)

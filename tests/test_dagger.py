@@ -3,6 +3,8 @@ command in every visited state; the corrections become SFT data in the rollout's
 
 from __future__ import annotations
 
+import pytest
+
 from harness.agent.prompt import PromptSettings
 from harness.dagger import LabelledEpisode, dagger_data, expert_labels, mixed_data, state_sample
 from harness.envs import EnvPool, GameInfo, discover_games
@@ -97,3 +99,48 @@ def test_expert_labels_its_own_episodes_with_its_own_commands(small_suite):
     for game, observation, episode in zip(games, first, episodes, strict=True):
         turns = [(t["admissible"], t["action"], t["feedback"]) for t in episode["turns"]]
         assert expert_labels(game, observation, turns) == [t["action"] for t in episode["turns"]]
+
+
+def _prepare(cache, *overrides, build=True):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "SAGE_OPD_CACHE": str(cache), "SAGE_OPD_SHIPPED": "0", "SAGE_OPD_BUILD": "1" if build else "0"}
+    done = subprocess.run([sys.executable, "-m", "harness", "mode=prepare", "experiment=smoke",
+                           f"hydra.run.dir={cache / 'run'}", *overrides], cwd=Path(__file__).resolve().parents[1],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_dagger_is_a_cache_stage_after_the_base_teacher_and_keeps_the_student(tmp_path):
+    import json
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    cache = tmp_path / "cache"
+    plain = _prepare(cache)
+    dagger = ["model.tiny.dagger_rounds=1", "model.tiny.dagger_games=3", "model.tiny.dagger_steps=2"]
+    out = _prepare(cache, *dagger)
+    assert "dagger round 0" in out
+    tiny = cache / "tiny"
+    teachers = sorted(p for p in tiny.glob("teacher-*") if p.is_dir())
+    students = [p for p in tiny.iterdir() if p.is_dir() and not p.name.startswith(("teacher-", "."))]
+    assert len(teachers) == 2 and len(students) == 1  # one more teacher, the same warm-start student
+    (staged,) = [t for t in teachers if "dagger" in json.loads((t / "report.json").read_text())]
+    (base,) = [t for t in teachers if t != staged]
+    report = json.loads((staged / "report.json").read_text())["dagger"]
+    assert report["base_teacher"] == base.name and len(report["rounds"]) == 1
+    assert report["rounds"][0]["episodes"] == 6  # 3 games, greedy and at temperature 1
+    before, after = (load_file(str(t / "teacher" / "model.safetensors")) for t in (base, staged))
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the rounds fine-tuned it
+    # with the staged teacher in the cache, the base teacher is not needed (nor built) again
+    shutil.rmtree(base)
+    again = _prepare(cache, *dagger, build=False)
+    assert "dagger round" not in again and not base.exists()
+    assert "prepared:" in plain and "prepared:" in again

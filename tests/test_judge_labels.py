@@ -16,13 +16,9 @@ CORPUS = ["Your task is to: put a clean mug in coffeemachine.", "You arrive at c
 
 
 @pytest.fixture(scope="module")
-def smollm2_tokenizer():
-    from harness.models import SMOLLM2_PRESET, load_tokenizer, smollm2_gguf_path
+def smollm2_tokenizer(gguf):
+    from harness.models import SMOLLM2_PRESET, load_tokenizer
 
-    try:
-        smollm2_gguf_path()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
     return load_tokenizer(SMOLLM2_PRESET)
 
 

@@ -17,19 +17,11 @@ from harness.models import (
     check_compatible,
     load_model,
     load_tokenizer,
-    smollm2_gguf_path,
     smollm2_path,
 )
 
 pytestmark = [pytest.mark.llm, pytest.mark.slow]
 
-
-@pytest.fixture(scope="module")
-def gguf():
-    try:
-        return smollm2_gguf_path()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="module")

@@ -22,18 +22,9 @@ pytestmark = [pytest.mark.llm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 # The smoke suite; 2 games x 2 turns x 16 tokens per step, 1 game per split in the evaluation.
 OVERRIDES = ["experiment=smoke", "model=smollm2_e2e", "method.temperature=2.0", "env.max_steps=2",
-             "prompt.max_new_tokens=16", "train.steps=1", "train.envs_per_step=2", "train.micro_batch_size=2",
+             "rollout.max_new_tokens=16", "train.steps=1", "train.envs_per_step=2", "train.micro_batch_size=2",
              "eval.max_games=1"]
 
-
-@pytest.fixture(scope="module")
-def gguf():
-    from harness.models import smollm2_gguf_path
-
-    try:
-        return smollm2_gguf_path()
-    except FileNotFoundError as error:
-        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--per-episode", type=int, default=4, help="student states sampled per episode")
     parser.add_argument("--student-checkpoint", default=None, help="a run dir or saved model: the student after training")
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--student-only", action="store_true",
+                        help="roll out the student only (the teacher's success is then not measured)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -78,7 +80,9 @@ def main() -> None:
     figures: dict = {"games": len(games), "success": {}, "agreement": {}, "focus": {}}
     episodes = {}
     with EnvPool(num_workers=cfg.env.num_workers, max_steps=cfg.env.max_steps) as pool:
-        for role, model in (("student", models.student), ("teacher", models.teacher)):
+        roles = (("student", models.student),) if args.student_only else (("student", models.student),
+                                                                           ("teacher", models.teacher))
+        for role, model in roles:
             for mode, settings in modes.items():
                 labelled = labelled_rollouts(model, tokenizer, pool, games, settings, prompt, seed=0, source=f"{role} {mode}")
                 episodes[(role, mode)] = labelled
