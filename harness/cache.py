@@ -2,7 +2,7 @@
 
 Everything that caches (the game suite, the tiny pair, converted model presets) finds the
 root and takes its locks here; this module imports nothing of the project, so every layer may
-use it. `harness/shipped.py` (the CLI that refreshes `assets/`) sits on top of it.
+use it. `harness/default/shipped.py` (the CLI that refreshes `assets/`) sits on top of it.
 
 The default game suite (about 4 min to generate here) and the default tiny pair (about an hour)
 are shipped in the repository under the same keys as in the cache:

@@ -106,7 +106,7 @@ class TinyConfig:
     student_layers: int = 4
     student_hidden: int = 128
     teacher_sft_steps: int = 800
-    renamed_copies: int = 1  # object-renamed copies of each teacher demonstration (harness/prepare.py)
+    renamed_copies: int = 1  # object-renamed copies of each teacher demonstration (harness/default/prepare.py)
     rename_lamps: bool = False  # the copies rename the lamps too (a lamp then stops being a lamp)
     student_sft_steps: int = 800
     # 48 demos x 150 steps won no game; 600 x 400 (session 3): 10% / 1.7% (60 games per split), and
@@ -120,7 +120,7 @@ class TinyConfig:
     judge_heldout_games: int = 20  # the first train games, kept out, to report the judge's accuracy
     recovery_games: int = 200  # train games played by a noisy expert, labelled with its recovery (0: off)
     recovery_noise: float = 0.3  # chance per turn of an off-plan, invalid or repeated command there
-    # DAgger after the teacher's SFT (harness/dagger.py): roll the teacher out on train games, label
+    # DAgger after the teacher's SFT (harness/default/dagger.py): roll the teacher out on train games, label
     # every state with the exploring expert, fine-tune on demonstrations + corrections; 0 = off
     dagger_rounds: int = 0
     dagger_games: int = 200  # train games per round (greedy and at temperature 1 each)
@@ -193,7 +193,7 @@ class EvalConfig:
 
 @dataclass
 class LoggerConfig:
-    """An experiment tracker fed every metrics.jsonl line and the final success (harness/loggers.py)."""
+    """An experiment tracker fed every metrics.jsonl line and the final success (harness/loop/loggers.py)."""
 
     name: str = "none"  # none | wandb | tensorboard (conf/logger/)
     mode: str = "offline"  # wandb: offline (no network; wandb sync later) | online | disabled

@@ -1,7 +1,7 @@
 """Loading student and teacher models, LoRA, atomic checkpoints, and the tokenizer check.
 
 Every model, hub id, local directory or preset, goes through `load_model` / `load_tokenizer`;
-the tiny default models (harness/tiny.py) are saved in HF format and come back the same way.
+the tiny default models (harness/default/tiny.py) are saved in HF format and come back the same way.
 """
 
 from __future__ import annotations

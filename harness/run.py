@@ -27,7 +27,7 @@ from harness.config import (
     to_plain,
 )
 from harness.envs import EnvPool, get_environment
-from harness.loggers import make_logger
+from harness.loop.loggers import make_logger
 from harness.loop.results import versions, write_json, write_result
 from harness.loop.train import Models, check_sampling, train
 
@@ -97,10 +97,10 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
     student_path, teacher_path = cfg.model.student.path, cfg.model.teacher.path
     if cfg.model.name == "tiny" and not (student_path and teacher_path):
         root = tiny_pair_suite(cfg, root, log)
-        from harness.dagger import DaggerSettings
-        from harness.prepare import TinySettings, prepare_tiny
-        from harness.sft import SFTSettings
-        from harness.tiny import TinyModelSpec
+        from harness.default.dagger import DaggerSettings
+        from harness.default.prepare import TinySettings, prepare_tiny
+        from harness.default.sft import SFTSettings
+        from harness.default.tiny import TinyModelSpec
 
         t = cfg.model.tiny
         settings = TinySettings(
@@ -114,7 +114,7 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
                                   dagger_share=t.dagger_share))
         extras, keys, words, report = [], [], (), None
         if t.judge_examples > 0:  # judge examples join the teacher's SFT data (cpu_benchmark.md)
-            from harness.judge_data import (
+            from harness.default.judge_data import (
                 JudgeDataSettings,
                 heldout_judge_examples,
                 judge_accuracy,
@@ -134,7 +134,7 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
                 return judge_accuracy(teacher, tokenizer, heldout_judge_examples(root, tokenizer, js, data), js)
 
         if t.recovery_games > 0:  # DAgger-style: recover from the student's kind of mistakes
-            from harness.judge_data import JudgeDataSettings, recovery_teacher_data
+            from harness.default.judge_data import JudgeDataSettings, recovery_teacher_data
 
             noise = JudgeDataSettings(num_games=t.recovery_games, weak_prob=t.recovery_noise / 2,
                                       strong_prob=t.recovery_noise / 2, seed=11)

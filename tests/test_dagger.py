@@ -6,11 +6,17 @@ from __future__ import annotations
 import pytest
 
 from harness.agent.prompt import PromptSettings
-from harness.dagger import LabelledEpisode, dagger_data, expert_labels, mixed_data, state_sample
+from harness.default.dagger import (
+    LabelledEpisode,
+    dagger_data,
+    expert_labels,
+    mixed_data,
+    state_sample,
+)
+from harness.default.tiny import build_tokenizer
 from harness.envs import EnvPool, GameInfo, discover_games
 from harness.envs.demos import play_experts
 from harness.envs.experts import ExploringExpert
-from harness.tiny import build_tokenizer
 
 ROOM = ("You are in the middle of a room. Looking quickly around you, you see a cabinet 1, a countertop 1, "
         "a sinkbasin 1, and a fridge 1.")

@@ -10,8 +10,7 @@ import torch
 from harness.agent.prompt import PromptSettings
 from harness.agent.rollout import RolloutSettings, rollout
 from harness.agent.trajectory import Datum, Trajectory, Turn, collate
-from harness.envs import EnvPool, discover_games
-from harness.judge_data import (
+from harness.default.judge_data import (
     INVALID_FEEDBACK,
     JudgeDataSettings,
     episode_examples,
@@ -20,6 +19,8 @@ from harness.judge_data import (
     label_of,
     play_noisy_episodes,
 )
+from harness.default.tiny import TinyModelSpec, build_tiny_model, build_tokenizer
+from harness.envs import EnvPool, discover_games
 from harness.loop.judge import (
     JudgeResult,
     JudgeSettings,
@@ -32,7 +33,6 @@ from harness.loop.judge import (
     render_judge_messages,
     turn_observations,
 )
-from harness.tiny import TinyModelSpec, build_tiny_model, build_tokenizer
 
 SETTINGS = JudgeSettings()
 SPEC = TinyModelSpec(layers=1, hidden=32, heads=2, kv_heads=1, intermediate=64, tie_embeddings=False)

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from harness.default.tiny import build_tokenizer
 from harness.loop.judge import JudgeSettings, check_label_tokens, judge_vocabulary
 from harness.run import run
-from harness.tiny import build_tokenizer
 from tests.hydra_utils import compose_config
 
 CORPUS = ["Your task is to: put a clean mug in coffeemachine.", "You arrive at countertop 1. Nothing happens."]

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.loggers import final_fields, make_logger, numeric_fields
+from harness.loop.loggers import final_fields, make_logger, numeric_fields
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = ["experiment=smoke", "method=opd", "model.tiny.judge_examples=0"]

@@ -10,6 +10,14 @@ import torch
 from transformers import AutoTokenizer
 
 from harness import models
+from harness.default.tiny import (
+    STUDENT_SPEC,
+    TEACHER_SPEC,
+    TinyModelSpec,
+    build_tiny_model,
+    build_tokenizer,
+    save_tiny,
+)
 from harness.models import (
     LoraSettings,
     apply_lora,
@@ -18,14 +26,6 @@ from harness.models import (
     load_model,
     load_tokenizer,
     save_checkpoint,
-)
-from harness.tiny import (
-    STUDENT_SPEC,
-    TEACHER_SPEC,
-    TinyModelSpec,
-    build_tiny_model,
-    build_tokenizer,
-    save_tiny,
 )
 
 CORPUS = [

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from harness.default.prepare import renamed_copies
 from harness.envs import GameInfo, interleave_task_types
-from harness.prepare import renamed_copies
 
 
 def _demo(task: str, obj: str, other: str) -> dict:
@@ -58,7 +58,7 @@ def test_renamed_copies_keep_lamps_unless_asked():
 
 
 def test_suite_id_reads_the_generated_hash_or_hashes_the_path(tmp_path):
-    from harness.prepare import _suite_id
+    from harness.default.prepare import _suite_id
 
     (tmp_path / "gen").mkdir()
     (tmp_path / "gen" / "suite.json").write_text('{"hash": "135f51c09b220bf8"}')
@@ -71,9 +71,9 @@ def test_suite_id_reads_the_generated_hash_or_hashes_the_path(tmp_path):
 def test_a_new_student_setting_reuses_the_cached_teacher(small_suite, tmp_path):
     """Two cached stages: changing only the student's warm start builds a new student next to the
     same teacher (teacher SFT is the expensive part); changing the teacher rebuilds both."""
-    from harness.prepare import TinySettings, prepare_tiny
-    from harness.sft import SFTSettings
-    from harness.tiny import TinyModelSpec
+    from harness.default.prepare import TinySettings, prepare_tiny
+    from harness.default.sft import SFTSettings
+    from harness.default.tiny import TinyModelSpec
 
     def settings(**kw):
         base = dict(teacher=TinyModelSpec(layers=1, hidden=32, intermediate=64),

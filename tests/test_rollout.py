@@ -18,9 +18,9 @@ import torch
 from harness.agent.prompt import PromptSettings, render_window_messages
 from harness.agent.rollout import RolloutSettings, chat_tokens, episode_data, rollout
 from harness.agent.trajectory import collate
+from harness.default.tiny import TinyModelSpec, build_tiny_model, build_tokenizer
 from harness.envs import EnvPool, discover_games
 from harness.loop.scoring import sequence_logprobs
-from harness.tiny import TinyModelSpec, build_tiny_model, build_tokenizer
 
 MAX_STEPS = 8
 SPEC = TinyModelSpec(layers=2, hidden=64, heads=2, kv_heads=2, intermediate=128, tie_embeddings=False)
@@ -272,7 +272,7 @@ def test_a_dead_worker_or_broken_game_fails_its_episodes_not_the_batch(world, tm
 
 
 def test_planner_next_action_is_recorded_for_the_oracle_gate(world):
-    from harness.loop.train import oracle_labels
+    from harness.loop.judge import oracle_labels
 
     tokenizer, model = world["tokenizer"], world["model"]
     with EnvPool(num_workers=1, max_steps=MAX_STEPS, with_plan=True) as pool:

@@ -10,7 +10,7 @@ import torch
 
 from harness.agent.rollout import RolloutSettings, rollout
 from harness.agent.sampler import HFSampler, MixedSampler
-from harness.tiny import build_tiny_model
+from harness.default.tiny import build_tiny_model
 from tests.test_rollout import PROMPT, SPEC, world  # noqa: F401  (the fitted model and games)
 
 

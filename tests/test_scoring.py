@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.agent.trajectory import Datum, collate
+from harness.default.tiny import TinyModelSpec, build_tiny_model, build_tokenizer
 from harness.loop.scoring import model_parts, sequence_logprobs, student_pass, teacher_pass
-from harness.tiny import TinyModelSpec, build_tiny_model, build_tokenizer
 from methods.estimators import token_loss
 from methods.method import Method
 

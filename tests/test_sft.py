@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from harness.agent.prompt import PromptSettings
-from harness.judge_data import NoisyEpisode, NoisyTurn
-from harness.sft import SFTSettings, action_accuracy, recovery_data, train_sft
-from harness.tiny import TinyModelSpec, build_tiny_model, build_tokenizer
+from harness.default.judge_data import NoisyEpisode, NoisyTurn
+from harness.default.sft import SFTSettings, action_accuracy, recovery_data, train_sft
+from harness.default.tiny import TinyModelSpec, build_tiny_model, build_tokenizer
 
 ADMISSIBLE = ["go to cabinet 1", "go to fridge 1", "look"]
 CORPUS = ["your task is to : put a mug in fridge . observation : action : admissible actions : you have taken "

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import cache, shipped
+from harness import cache
+from harness.default import shipped
+from harness.default.prepare import _cached
 from harness.envs.generate import SuiteSpec, ensure_suite
-from harness.prepare import _cached
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,7 @@ def test_an_archive_reaching_outside_the_suite_is_refused(tmp_path):
 
 def test_the_judge_data_key_names_the_template_text_not_its_path(tmp_path):
     """Cache keys must not depend on where the repository is cloned (or the shipment never matches)."""
-    from harness.judge_data import JudgeDataSettings, judge_data_key
+    from harness.default.judge_data import JudgeDataSettings, judge_data_key
     from harness.loop.judge import JudgeSettings
 
     text = (REPO / "conf" / "judge" / "default.txt").read_text()

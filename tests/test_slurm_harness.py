@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ["sage", "opd", "no_conf"]
 # After `scontrol requeue` a job lives on for ~5-6 s (KillWait 3 s + srun's grace): 3-6 tiny
-# steps here. harness/slurm.py freezes the run at the SIGTERM, so it resumes from (about) the
+# steps here. harness/loop/slurm.py freezes the run at the SIGTERM, so it resumes from (about) the
 # checkpoint that was there when the test requeued it, and a few steps are enough.
 STEPS = 6
 REQUEUE_RUN = ["method=opd", "experiment=smoke", f"train.steps={STEPS}", "train.checkpoint_every=1"]
@@ -179,7 +179,7 @@ def test_requeued_training_jobs_resume_and_match_an_uninterrupted_run(
         if how == "usr2":
             assert "this job is preempted" in log and "Calling checkpoint method" in log
         else:  # the run froze at Slurm's SIGTERM instead of training on without env workers
-            assert "harness.slurm: SIGTERM" in log
+            assert "harness.loop.slurm: SIGTERM" in log
 
         result = json.loads((path / "result.json").read_text())
         assert result["status"] == "complete"

@@ -4,7 +4,7 @@
 
 Rolls out the student (greedy and at temperature 1) and the teacher (greedy and at temperature
 1) on the first `--games` games of each evaluation split, labels every visited state with the
-exploring expert (harness/dagger.py), and prints:
+exploring expert (harness/default/dagger.py), and prints:
   - each rollout's success (so the teacher greedy vs at temperature 1);
   - on a seeded sample of the student's states: the teacher's and the student's agreement with
     the expert's next command (teacher-forced exact match = the greedy reply), per expert verb;
@@ -24,9 +24,9 @@ import torch
 
 from harness.agent.trajectory import collate
 from harness.config import rollout_settings
-from harness.dagger import labelled_rollouts, state_sample
+from harness.default.dagger import labelled_rollouts, state_sample
+from harness.default.sft import action_accuracy
 from harness.envs import EnvPool, discover_games, interleave_task_types
-from harness.sft import action_accuracy
 
 FOCUS_VERBS = ("use", "take", "move")
 

@@ -24,7 +24,7 @@ from harness.envs import EnvPool, discover_games
 
 
 def _tiny_student(pool: EnvPool, games, prompt: PromptSettings):
-    from harness.tiny import STUDENT_SPEC, build_tiny_model, build_tokenizer
+    from harness.default.tiny import STUDENT_SPEC, build_tiny_model, build_tokenizer
 
     states = pool.reset([g.gamefile for g in games])
     corpus = [render_window_messages(s.task, [], s.text, s.admissible, prompt)[-1]["content"] for s in states]

@@ -28,8 +28,8 @@ import time
 import torch
 
 from harness.agent.trajectory import Datum, collate
+from harness.default.tiny import TEACHER_SPEC, TinyModelSpec, build_tiny_model, build_tokenizer
 from harness.loop.scoring import model_parts, student_pass, teacher_pass
-from harness.tiny import TEACHER_SPEC, TinyModelSpec, build_tiny_model, build_tokenizer
 
 STUDENT_ROWS, TEACHER_ROWS = 151_936, 152_064  # Qwen2.5-1.5B and -7B embedding rows
 

@@ -6,6 +6,7 @@ probabilities are read from its next-token distribution at the start of the assi
 restricted to the first token of each label word and renormalized over those three. One batched
 forward pass covers every turn of a step; nothing is sampled. Turns with an empty or unparseable
 response are not judged: they are marked invalid and the method fails them closed to Strong.
+The other per-turn signal, the oracle gate's verifier labels (`oracle_labels`), lives here too.
 """
 
 from __future__ import annotations
@@ -324,3 +325,18 @@ def judge_argmax_labels(probs_U_3: Tensor, valid_U: Tensor | None = None,
     picked = probs_U_3.argmax(-1).tolist()
     judged = [True] * len(picked) if valid_U is None else valid_U.bool().tolist()
     return [names[p] if ok else names[2] for p, ok in zip(picked, judged, strict=True)]
+
+
+def oracle_labels(trajectories: list[Trajectory]) -> dict[tuple[int, int], int]:
+    """Verifier labels per (trajectory, turn): Strong for a rejected or repeated action, Skip for
+    the planner's own next action, Weak otherwise. Reads the environment: NOT verifier-free."""
+    labels = {}
+    for i, trajectory in enumerate(trajectories):
+        for t, turn in enumerate(trajectory.turns):
+            if not (turn.parseable and turn.admissible_action) or turn.repeated:
+                labels[(i, t)] = 2
+            elif turn.expert_action is not None and turn.action == turn.expert_action:
+                labels[(i, t)] = 0
+            else:
+                labels[(i, t)] = 1
+    return labels

@@ -27,10 +27,11 @@ from harness.agent.rollout import RolloutSettings, rollout
 from harness.agent.sampler import HFSampler, MixedSampler, Sampler
 from harness.agent.trajectory import Datum, Trajectory, collate
 from harness.config import rollout_settings
+from harness.default.sft import demo_data
 from harness.envs import EnvPool, GameInfo
 from harness.envs.demos import play_experts
 from harness.loop import checkpoint, scoring
-from harness.sft import demo_data
+from harness.loop.judge import oracle_labels
 from methods import LABELS, Method, MethodBatch, merge_stats
 
 # metrics.jsonl names (analysis/RUN_RECORD.md) for the method's stat names
@@ -90,21 +91,6 @@ def games_for_step(games: list[GameInfo], step: int, count: int, seed: int) -> t
         random.Random(seed * 1_000_003 + epoch).shuffle(order)
         picked.append(games[order[offset]])
     return picked, position + count
-
-
-def oracle_labels(trajectories: list[Trajectory]) -> dict[tuple[int, int], int]:
-    """Verifier labels per (trajectory, turn): Strong for a rejected or repeated action, Skip for
-    the planner's own next action, Weak otherwise. Reads the environment: NOT verifier-free."""
-    labels = {}
-    for i, trajectory in enumerate(trajectories):
-        for t, turn in enumerate(trajectory.turns):
-            if not (turn.parseable and turn.admissible_action) or turn.repeated:
-                labels[(i, t)] = 2
-            elif turn.expert_action is not None and turn.action == turn.expert_action:
-                labels[(i, t)] = 0
-            else:
-                labels[(i, t)] = 1
-    return labels
 
 
 def _micro_batches(data: list[Datum], size: int) -> list[list[Datum]]:
@@ -273,7 +259,7 @@ def _on_device(batch: MethodBatch, device: torch.device) -> MethodBatch:
 def train(cfg, run_dir: Path, models: Models, method: Method, games: list[GameInfo], pool: EnvPool,
           judge=None, prompt: PromptSettings | None = None, logger=None) -> int:
     """Run (or resume) the loop in `run_dir`; returns the number of steps done. `logger`
-    (harness/loggers.py) gets a copy of every metrics line."""
+    (harness/loop/loggers.py) gets a copy of every metrics line."""
     optimizer, scheduler = make_optimizer(models.student, cfg.train)
     start = 0
     found = checkpoint.latest(run_dir)

@@ -37,7 +37,7 @@ def demo_data(episodes: list[dict], tokenizer, settings: PromptSettings, layout:
 
 
 def recovery_data(episodes, tokenizer, settings: PromptSettings, layout: str = "window") -> list[Datum]:
-    """Data from off-policy episodes (harness.judge_data.NoisyEpisode): the history holds the
+    """Data from off-policy episodes (harness.default.judge_data.NoisyEpisode): the history holds the
     commands really executed. `window`: every state, the target is the expert's command there.
     `full`: one sequence per episode as it was played, the loss on the turns where the expert's
     own command was executed (the recoveries after a mistake included), the mistakes as context."""

@@ -161,7 +161,7 @@ def dagger_rounds(teacher, tokenizer, pool: EnvPool, games: list[GameInfo], base
     """Run the DAgger rounds on `teacher` in place; returns one report per round."""
     import time
 
-    from harness.sft import SFTSettings, train_sft
+    from harness.default.sft import SFTSettings, train_sft
 
     reports, aggregated = [], []
     for r in range(settings.rounds):

@@ -23,11 +23,9 @@ import torch
 
 from harness import cache
 from harness.agent.prompt import PromptSettings
-from harness.dagger import DaggerSettings
-from harness.envs import EnvPool, discover_games, interleave_task_types
-from harness.envs.demos import load_jsonl, play_experts, save_jsonl
-from harness.sft import SFTSettings, action_accuracy, demo_data, train_sft
-from harness.tiny import (
+from harness.default.dagger import DaggerSettings
+from harness.default.sft import SFTSettings, action_accuracy, demo_data, train_sft
+from harness.default.tiny import (
     STUDENT_SPEC,
     TEACHER_SPEC,
     TinyModelSpec,
@@ -35,6 +33,8 @@ from harness.tiny import (
     build_tokenizer,
     save_tiny,
 )
+from harness.envs import EnvPool, discover_games, interleave_task_types
+from harness.envs.demos import load_jsonl, play_experts, save_jsonl
 
 PREPARE_VERSION = "3"  # 3: explorer walks the room listing; demos interleave task types
 
@@ -59,7 +59,7 @@ class TinySettings:
     rename_lamps: bool = False
     """Whether the copies also rename the lamps (`use X`): off, a lamp stays a lamp."""
     dagger: DaggerSettings = field(default_factory=DaggerSettings)
-    """DAgger rounds after the teacher's SFT: a cache stage of its own (harness/dagger.py)."""
+    """DAgger rounds after the teacher's SFT: a cache stage of its own (harness/default/dagger.py)."""
     max_new_tokens: int = 12
     """Reply cap of the teacher's DAgger rollouts (prompt.max_new_tokens of the runs)."""
     seed: int = 0
@@ -222,7 +222,7 @@ def _build_dagger_teacher(suite_root: Path, out: Path, base_dir: Path, settings:
                           extra_teacher_data, teacher_report, log, device: str = "cpu") -> dict:
     """The base teacher, then `settings.dagger.rounds` DAgger rounds on train games after the
     held-out ones, each fine-tuning on the demonstrations plus every correction so far."""
-    from harness.dagger import dagger_rounds
+    from harness.default.dagger import dagger_rounds
     from harness.models import load_model, load_tokenizer
 
     started = time.perf_counter()

@@ -37,7 +37,7 @@ def freeze_on_sigterm() -> None:
     def freeze(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not nest a second wait
         # os.write, not print: the handler may interrupt a print of the main thread (reentrancy).
-        os.write(1, f"harness.slurm: SIGTERM: job {os.environ.get('SLURM_JOB_ID', '?')} is being stopped; "
+        os.write(1, f"harness.loop.slurm: SIGTERM: job {os.environ.get('SLURM_JOB_ID', '?')} is being stopped; "
                     "the run stops here (it resumes from its last checkpoint when requeued)\n".encode())
         while True:
             signal.pause()  # another signal's handler runs in here; submitit's SIGUSR2 one exits

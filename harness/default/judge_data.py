@@ -20,6 +20,7 @@ import torch
 from harness.agent.prompt import normalize_action
 from harness.agent.rollout import chat_tokens
 from harness.agent.trajectory import Datum
+from harness.default.sft import labelled_data
 from harness.envs import EnvPool, discover_games, interleave_task_types
 from harness.envs.experts import ExploringExpert, kind_of
 from harness.loop.judge import (
@@ -31,7 +32,6 @@ from harness.loop.judge import (
     label_token_ids,
     load_template,
 )
-from harness.sft import labelled_data
 
 SKIP, WEAK, STRONG = 0, 1, 2
 INVALID_FEEDBACK = "Nothing happens."
@@ -277,7 +277,7 @@ def recovery_teacher_data(suite_root: str | Path, tokenizer, train_episodes: lis
     """prepare's `extra_teacher_data`: states reached by the noisy expert (after invalid, repeated
     or off-plan commands), each labelled with the expert's own next command, so the teacher learns
     to recover from the mistakes a student makes (DAgger-style); the episodes given are not used."""
-    from harness.sft import recovery_data
+    from harness.default.sft import recovery_data
 
     episodes = play_noisy_episodes(suite_root, data, first_game=first_game, num_games=data.num_games, seed=data.seed)
     return recovery_data(episodes, tokenizer, prompt, layout)

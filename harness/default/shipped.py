@@ -3,7 +3,7 @@
 harness/cache.py says what is shipped and how the cache finds it. After changing a default of
 the suite or the tiny pair, build it once and refresh the shipment:
 
-    python -m harness mode=prepare && python -m harness.shipped
+    python -m harness mode=prepare && python -m harness.default.shipped
 """
 
 from __future__ import annotations
