@@ -115,6 +115,7 @@ class TinyConfig:
     student_demos: int = 2000
     sft_batch_size: int = 8  # sequences per SFT step (whole episodes in the full layout)
     sft_lr: float = 5e-4
+    sft_bucket: int = 16  # SFT batches cut from length-sorted windows of 16 batches: less padding (1: off)
     judge_examples: int = 1500  # at most this many judge examples in the teacher's SFT data (0: no judge data)
     judge_games: int = 80  # train games played with noise to make them
     judge_heldout_games: int = 20  # the first train games, kept out, to report the judge's accuracy

@@ -106,8 +106,10 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
         settings = TinySettings(
             teacher=TinyModelSpec(layers=t.teacher_layers, hidden=t.teacher_hidden, intermediate=4 * t.teacher_hidden),
             student=TinyModelSpec(layers=t.student_layers, hidden=t.student_hidden, intermediate=4 * t.student_hidden),
-            teacher_sft=SFTSettings(steps=t.teacher_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr),
-            student_sft=SFTSettings(steps=t.student_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr, warmup_steps=20),
+            teacher_sft=SFTSettings(steps=t.teacher_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr,
+                                    bucket=t.sft_bucket),
+            student_sft=SFTSettings(steps=t.student_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr, warmup_steps=20,
+                                    bucket=t.sft_bucket),
             student_demos=t.student_demos, layout=cfg.prompt.layout, renamed_copies=t.renamed_copies,
             rename_lamps=t.rename_lamps, seed=0,
             dagger=DaggerSettings(rounds=t.dagger_rounds, games=t.dagger_games, steps=t.dagger_steps, lr=t.dagger_lr,

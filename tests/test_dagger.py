@@ -150,3 +150,23 @@ def test_dagger_is_a_cache_stage_after_the_base_teacher_and_keeps_the_student(tm
     again = _prepare(cache, *dagger, build=False)
     assert "dagger round" not in again and not base.exists()
     assert "prepared:" in plain and "prepared:" in again
+
+
+def test_policy_judge_examples_label_a_policys_own_turns_against_the_expert():
+    # turn 0 = the expert's command (Skip); 1 an off-plan valid command (Weak); 2 repeats turn 1
+    # (Strong); 3 rejected by the engine (Strong); the last turn's prompt shows the turn's feedback
+    from harness.default.judge_data import policy_judge_examples
+    from harness.loop.judge import JudgeSettings
+
+    episode = _episode(["go to cabinet 1", "go to sinkbasin 1", "go to sinkbasin 1", "take mug 9 from sinkbasin 1"],
+                       ["go to cabinet 1", "go to countertop 1", "go to countertop 1", "go to countertop 1"])
+    episode.feedbacks = ["You arrive at cabinet 1.", "You arrive at sinkbasin 1.", "You arrive at sinkbasin 1.",
+                         "Nothing happens."]
+    tokenizer = build_tokenizer([ROOM, "put a mug in fridge. ok. go to look nothing happens you arrive at"])
+    messages, labels = policy_judge_examples([episode], tokenizer, JudgeSettings())
+    assert labels == [0, 1, 2, 2]
+    assert "take mug 9 from sinkbasin 1" in messages[3][-1]["content"]
+    assert "Nothing happens." in messages[3][-1]["content"]
+    episode.feedbacks = episode.feedbacks[:2]
+    with pytest.raises(ValueError, match="feedback"):
+        policy_judge_examples([episode], tokenizer, JudgeSettings())

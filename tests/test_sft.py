@@ -72,3 +72,64 @@ def test_action_accuracy_counts_each_turn_of_a_full_datum():
     model = build_tiny_model(TinyModelSpec(layers=1, hidden=32, heads=2, kv_heads=2, intermediate=64), tokenizer)
     train_sft(model, [datum], SFTSettings(steps=80, batch_size=1, lr=3e-3, warmup_steps=5), tokenizer.pad_token_id)
     assert action_accuracy(model, [datum], tokenizer, tokenizer.pad_token_id) == {"go": 1.0, "look": 1.0, "all": 1.0}
+
+
+def test_batch_order_buckets_by_length_and_keeps_every_example_once():
+    import random
+
+    from harness.default.sft import batch_order
+
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4]  # example i has length lengths[i]
+    plain = batch_order(lengths, batch_size=2, bucket=1, rng=random.Random(0))
+    assert sorted(i for b in plain for i in b) == list(range(8)) and all(len(b) == 2 for b in plain)
+    # one window of 2 x 2 = 4 examples per bucket: sorted within the window, then cut in pairs
+    bucketed = batch_order(lengths, batch_size=2, bucket=2, rng=random.Random(0))
+    assert sorted(i for b in bucketed for i in b) == list(range(8))
+    order = random.Random(0).sample(range(8), 8)  # the same shuffle batch_order starts from
+    for start in (0, 4):
+        window = sorted(order[start:start + 4], key=lambda i: lengths[i])
+        assert sorted(bucketed[start // 2: start // 2 + 2]) == sorted([window[:2], window[2:]])
+    # padding: each pair pads to its longer member
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * 2 - sum(lengths[i] for i in b) for b in batches)
+
+    assert padding(bucketed) < padding(plain)
+
+
+def test_train_sft_resumes_from_its_checkpoint_to_the_same_model(tmp_path):
+    # 6 steps in one go == 4 steps, a "crash", and a resumed call (checkpoints every 2 steps)
+    tokenizer = build_tokenizer(CORPUS, seed_words=[])
+    data = recovery_data([_episode()], tokenizer, PromptSettings(history=2)) * 3
+    spec = TinyModelSpec(layers=1, hidden=32, heads=2, kv_heads=2, intermediate=64)
+    settings = SFTSettings(steps=6, batch_size=2, lr=3e-3, warmup_steps=2, bucket=2, checkpoint_every=2)
+    whole = build_tiny_model(spec, tokenizer)
+    whole_losses = train_sft(whole, data, settings, tokenizer.pad_token_id)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_step_4(record):
+        if record.get("step") == 4:
+            raise Crash
+
+    ckpt = tmp_path / "sft.pt"
+    broken = build_tiny_model(spec, tokenizer)
+    try:
+        train_sft(broken, data, settings, tokenizer.pad_token_id, log=crash_after_step_4, checkpoint=ckpt)
+    except Crash:
+        pass
+    assert torch.load(ckpt, weights_only=False)["step"] == 4
+    resumed = build_tiny_model(spec, tokenizer)  # fresh weights: everything comes from the file
+    events = []
+    losses = train_sft(resumed, data, settings, tokenizer.pad_token_id, log=events.append, checkpoint=ckpt)
+    assert events[0] == {"resumed": 4} and len(losses) == 6
+    assert losses == whole_losses
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    other = SFTSettings(steps=7, batch_size=2, lr=3e-3, warmup_steps=2, bucket=2, checkpoint_every=2)
+    try:
+        train_sft(build_tiny_model(spec, tokenizer), data, other, tokenizer.pad_token_id, checkpoint=ckpt)
+    except ValueError as error:
+        assert "other settings" in str(error)
+    else:
+        raise AssertionError("a checkpoint of other settings must be refused")

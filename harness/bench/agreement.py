@@ -9,7 +9,10 @@ exploring expert (harness/default/dagger.py), and prints:
   - on a seeded sample of the student's states: the teacher's and the student's agreement with
     the expert's next command (teacher-forced exact match = the greedy reply), per expert verb;
   - in the states where the expert would `use` / `take` / `move`: the verb each model's greedy
-    reply starts with (counts), which shows which skills a model loses.
+    reply starts with (counts), which shows which skills a model loses;
+  - the teacher's judge accuracy (Skip / Weak / Strong, argmax) on every turn of the student's
+    rollouts, labelled against the expert's command there (judge_data.label_of): the turns
+    SAGE's gate reads, beside the noisy-expert turns the prepare report measures.
 Hydra overrides select the pair like `python -m harness` (default: the tiny default pair).
 """
 
@@ -25,6 +28,7 @@ import torch
 from harness.agent.trajectory import collate
 from harness.config import rollout_settings
 from harness.default.dagger import labelled_rollouts, state_sample
+from harness.default.judge_data import judge_accuracy, policy_judge_examples
 from harness.default.sft import action_accuracy
 from harness.envs import EnvPool, discover_games, interleave_task_types
 
@@ -77,7 +81,7 @@ def main() -> None:
         games += interleave_task_types(discover_games(root, split).games)[: args.games]
     base = rollout_settings(cfg)
     modes = {"greedy": replace(base, greedy=True), "temperature 1": replace(base, greedy=False, temperature=1.0, top_p=1.0)}
-    figures: dict = {"games": len(games), "success": {}, "agreement": {}, "focus": {}}
+    figures: dict = {"games": len(games), "success": {}, "agreement": {}, "focus": {}, "judge": {}}
     episodes = {}
     with EnvPool(num_workers=cfg.env.num_workers, max_steps=cfg.env.max_steps) as pool:
         roles = (("student", models.student),) if args.student_only else (("student", models.student),
@@ -112,6 +116,12 @@ def main() -> None:
                 cells = ", ".join(f"{v} {100 * n / total:.0f}%" for v, n in counts.most_common(4)) if total else "-"
                 print(f"    expert '{label}' (n={total}): {role} says {cells}")
         print(f"    (expert verbs in the sample: {dict(Counter(labels))})")
+        judge_cfg = harness_run.judge_settings(cfg)
+        judge = judge_accuracy(models.teacher, tokenizer,
+                               policy_judge_examples(episodes[("student", mode)], tokenizer, judge_cfg), judge_cfg)
+        figures["judge"][f"teacher on student {mode}"] = judge
+        print(f"judge on every turn of the student's {mode} rollouts: all {100 * judge['all']:.0f}% (n={judge['count']}); "
+              + ", ".join(f"{k} {100 * judge[k]:.0f}% (n={judge['count_' + k]})" for k in ("skip", "weak", "strong")))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)

@@ -41,6 +41,7 @@ class LabelledEpisode:
     won: bool
     source: str = ""
     extra: dict = field(default_factory=dict)
+    feedbacks: list[str] = field(default_factory=list)  # the engine's answer to each command
 
     @property
     def agree(self) -> list[bool]:
@@ -76,7 +77,8 @@ def labelled_rollouts(policy, tokenizer, pool: EnvPool, games: list[GameInfo], s
             episodes.append(LabelledEpisode(trajectory.task, g.task_type, observations,
                                             [list(t.admissible) for t in trajectory.turns],
                                             [t.action for t in trajectory.turns],
-                                            expert_labels(g, observation, turns), trajectory.won, source))
+                                            expert_labels(g, observation, turns), trajectory.won, source,
+                                            feedbacks=[t.feedback for t in trajectory.turns]))
     return episodes
 
 

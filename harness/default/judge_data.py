@@ -202,6 +202,25 @@ def episode_examples(episodes: list[NoisyEpisode], tokenizer, settings: JudgeSet
     return messages_list, labels
 
 
+def policy_judge_examples(episodes, tokenizer, settings: JudgeSettings) -> tuple[list[list[dict]], list[int]]:
+    """Judge prompts and labels for the turns of a policy's own episodes (dagger.LabelledEpisode,
+    e.g. the warm-start student's rollouts), labelled by `label_of` against the expert's command
+    in each visited state: the judge measured on the distribution SAGE's gate reads."""
+    template = load_template(settings)
+    messages_list, labels = [], []
+    for episode in episodes:
+        if len(episode.feedbacks) != len(episode.executed):
+            raise ValueError("policy_judge_examples needs episodes with every turn's feedback "
+                             "(LabelledEpisode.feedbacks, filled by dagger.labelled_rollouts)")
+        for t, (action, feedback) in enumerate(zip(episode.executed, episode.feedbacks, strict=True)):
+            history = list(zip(episode.observations[:t], episode.executed[:t], strict=True))
+            _, messages = fitted_prompt(tokenizer, episode.task, history, episode.observations[t], action,
+                                        feedback, settings, template)
+            messages_list.append(messages)
+            labels.append(label_of(action, feedback, episode.labels[t], episode.executed[t - 1] if t else None))
+    return messages_list, labels
+
+
 def build_judge_examples(suite_root: str | Path, tokenizer, settings: JudgeSettings, num_games: int | None = None,
                          seed: int = 0, *, data: JudgeDataSettings | None = None, split: str = "train",
                          first_game: int = 0) -> tuple[list[list[dict]], list[int]]:

@@ -36,7 +36,8 @@ from harness.default.tiny import (
 from harness.envs import EnvPool, discover_games, interleave_task_types
 from harness.envs.demos import load_jsonl, play_experts, save_jsonl
 
-PREPARE_VERSION = "3"  # 3: explorer walks the room listing; demos interleave task types
+PREPARE_VERSION = "4"  # 3: explorer walks the room listing; demos interleave task types
+# 4: the tokenizer's corpus holds the engine's answers to failed and idle commands (corpus.py)
 
 
 @dataclass
@@ -108,6 +109,16 @@ def _student_key(teacher_key: str, settings: TinySettings) -> str:
     """The student's key: its teacher's key (the tokenizer and demonstrations) and its own fields."""
     return _hash({"v": PREPARE_VERSION, "teacher": teacher_key,
                   "student": {k: v for k, v in asdict(settings).items() if k in STUDENT_FIELDS}})
+
+
+def engine_corpus(suite_root: Path, games: int = 60, steps: int = 25) -> list[str]:
+    """What the engine prints beyond won demonstrations (failures, idle commands), from seeded
+    random play on the first train games of every task type (harness/envs/corpus.py)."""
+    from harness.envs.corpus import engine_texts
+
+    played = interleave_task_types(discover_games(suite_root, "train").games)[:games]
+    with EnvPool(num_workers=2, max_steps=steps) as pool:
+        return engine_texts(pool, played, steps=steps, seed=0)
 
 
 def collect_demos(suite_root: Path, path: Path, num_workers: int = 2, chunk: int = 128) -> list[dict]:
@@ -191,14 +202,20 @@ def _split(demos: list[dict], settings: TinySettings) -> tuple[list[dict], list[
 
 
 def _sft(role: str, spec: TinyModelSpec, sft: SFTSettings, data, heldout_data, tokenizer, out: Path,
-         seed: int, log, device: str = "cpu") -> tuple[dict, object]:
+         seed: int, log, device: str = "cpu", partial: Path | None = None) -> tuple[dict, object]:
     t0 = time.perf_counter()
     model = build_tiny_model(spec, tokenizer, seed=seed).to(device)
     params = sum(p.numel() for p in model.parameters())
     every = max(1, sft.steps // 10)
-    losses = train_sft(model, data, sft, tokenizer.pad_token_id,
-                       log=lambda r: r["step"] % every == 0 and log(
-                           f"prepare: {role} sft step {r['step']}/{sft.steps} loss {r['loss']:.3f}"))
+
+    def progress(r: dict) -> None:
+        if "resumed" in r:
+            log(f"prepare: {role} sft resumed at step {r['resumed']} from {partial}")
+        elif r["step"] % every == 0:
+            log(f"prepare: {role} sft step {r['step']}/{sft.steps} loss {r['loss']:.3f}")
+
+    losses = train_sft(model, data, sft, tokenizer.pad_token_id, log=progress,
+                       checkpoint=None if partial is None else partial / f"{role}-sft.pt")
     accuracy = action_accuracy(model, heldout_data, tokenizer, tokenizer.pad_token_id)
     save_tiny(model, tokenizer, out / role, spec)  # save_pretrained copies GPU weights to the host
     report = {"params": params, "sft_examples": len(data), "final_loss": losses[-1], "device": str(device),
@@ -249,18 +266,20 @@ def _build_dagger_teacher(suite_root: Path, out: Path, base_dir: Path, settings:
 
 
 def _build_teacher(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSettings,
-                   extra_teacher_data, extra_words: list[str], teacher_report, log, device: str = "cpu") -> dict:
+                   extra_teacher_data, extra_words: list[str], teacher_report, log, device: str = "cpu",
+                   partial: Path | None = None) -> dict:
     started = time.perf_counter()
     demos = cached_demos(suite_root, out.parent, log)
     corpus = [e["task"] for e in demos] + [t["observation"] + " " + " ".join(t["admissible"]) + " " + t["feedback"]
                                            for e in demos for t in e["turns"]]
+    corpus += engine_corpus(suite_root)
     tokenizer = build_tokenizer(corpus, extra_words=list(extra_words) + [
         "your", "task", "is", "to", "observation", "action", "admissible", "actions", "you", "have", "taken",
         "steps", "last"])
     teacher_data, heldout_data = _teacher_data(demos, tokenizer, settings, prompt, extra_teacher_data)
     report: dict = {"demos": len(demos), "teacher_examples": len(teacher_data), "vocab": len(tokenizer)}
     report["teacher"], teacher = _sft("teacher", settings.teacher, settings.teacher_sft, teacher_data, heldout_data,
-                                      tokenizer, out, settings.seed, log, device)
+                                      tokenizer, out, settings.seed, log, device, partial)
     if teacher_report is not None:
         report["teacher_judge"] = teacher_report(teacher, tokenizer)
         log(f"prepare: teacher judge accuracy on held-out turns: {report['teacher_judge']}")
@@ -269,21 +288,27 @@ def _build_teacher(suite_root: Path, out: Path, settings: TinySettings, prompt: 
 
 
 def _build_student(suite_root: Path, out: Path, teacher_dir: Path, settings: TinySettings,
-                   prompt: PromptSettings, log, device: str = "cpu") -> dict:
+                   prompt: PromptSettings, log, device: str = "cpu", partial: Path | None = None) -> dict:
     from harness.models import load_tokenizer
 
     tokenizer = load_tokenizer(str(teacher_dir / "teacher"))
     heldout, train = _split(cached_demos(suite_root, teacher_dir.parent, log), settings)
     data = demo_data(train[: settings.student_demos], tokenizer, prompt, settings.layout)
     report, _ = _sft("student", settings.student, settings.student_sft, data,
-                     demo_data(heldout, tokenizer, prompt, settings.layout), tokenizer, out, settings.seed + 1, log, device)
+                     demo_data(heldout, tokenizer, prompt, settings.layout), tokenizer, out, settings.seed + 1, log, device, partial)
     return {"student": report}
+
+
+def partial_dir(base: Path, key: str) -> Path:
+    """Where a build of `key` keeps its SFT checkpoints until it is done (a killed build resumes)."""
+    return base / f".{key}.partial"
 
 
 def _cached(base: Path, key: str, build, log=print) -> dict:
     """Run `build(tmp_dir) -> report` once per key: a file lock makes concurrent jobs (a Slurm array
     starting at once) wait for one builder, and the result is renamed into place. An entry shipped
-    in the repository under the same key (harness/cache.py) is copied instead of built."""
+    in the repository under the same key (harness/cache.py) is copied instead of built. The
+    build's SFT checkpoints (`partial_dir`) outlive a killed build and are removed when it ends."""
     final = base / key
     with cache.locked(base / f"{key}.lock"):
         if not (final / "report.json").exists():
@@ -299,6 +324,7 @@ def _cached(base: Path, key: str, build, log=print) -> dict:
                 (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
+            shutil.rmtree(partial_dir(base, key), ignore_errors=True)
     return json.loads((final / "report.json").read_text())
 
 
@@ -339,7 +365,8 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
 
     def base_teacher() -> dict:
         return _cached(base, f"teacher-{base_key}", seeded(lambda tmp: _build_teacher(
-            suite_root, tmp, settings, prompt, extra_teacher_data, list(extra_words), teacher_report, log, device)), log)
+            suite_root, tmp, settings, prompt, extra_teacher_data, list(extra_words), teacher_report, log, device,
+            partial_dir(base, f"teacher-{base_key}"))), log)
 
     def available(key: str) -> bool:
         return (base / key / "report.json").exists() or cache.model_entry(key) is not None
@@ -358,5 +385,5 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
     # from the teacher's weights: a DAgger teacher keeps the same warm-start student
     student_key = _student_key(base_key, settings)
     report = {**report, **_cached(base, student_key, seeded(lambda tmp: _build_student(
-        suite_root, tmp, teacher_dir, settings, prompt, log, device)), log)}
+        suite_root, tmp, teacher_dir, settings, prompt, log, device, partial_dir(base, student_key))), log)}
     return TinyPair(base / student_key, teacher_dir / "teacher", base / student_key / "student", report)

@@ -11,7 +11,9 @@ import math
 import random
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -86,6 +88,28 @@ class SFTSettings:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     seed: int = 0
+    bucket: int = 1
+    """Batches are cut from windows of `bucket` x batch_size shuffled examples sorted by length, so a
+    batch pads less (1: plain shuffled batches). Every example is still seen once per epoch."""
+    checkpoint_every: int = 200
+    """With a `checkpoint` path, train_sft saves its whole state every this many steps and resumes
+    from it: a killed build loses at most this many steps."""
+
+
+def batch_order(lengths: list[int], batch_size: int, bucket: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of batches: a shuffled pass over the examples; with bucket > 1 each window of
+    bucket x batch_size examples is sorted by length, cut into batches, and the batches shuffled."""
+    order = rng.sample(range(len(lengths)), len(lengths))
+    if bucket <= 1:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = []
+    window = bucket * batch_size
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i])
+        cut = [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(cut)
+        batches += cut
+    return batches
 
 
 def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -102,8 +126,12 @@ def response_nll(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, t
 
 
 def train_sft(model, data: list[Datum], settings: SFTSettings, pad_id: int,
-              log: Callable[[dict], None] | None = None) -> list[float]:
-    """AdamW with linear warm-up and cosine decay on the response NLL; returns the loss curve."""
+              log: Callable[[dict], None] | None = None, checkpoint: Path | None = None) -> list[float]:
+    """AdamW with linear warm-up and cosine decay on the response NLL; returns the loss curve.
+
+    With `checkpoint` (a file path), the model, optimizer, schedule, data order and random
+    state are saved there atomically every `settings.checkpoint_every` steps, and a later call
+    with the same path resumes from the last save, giving the same model as an unbroken run."""
     if not data:
         raise ValueError("train_sft got no data")
     device = next(model.parameters()).device
@@ -117,13 +145,34 @@ def train_sft(model, data: list[Datum], settings: SFTSettings, pad_id: int,
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     rng = random.Random(settings.seed)
+    lengths = [len(d.token_ids) for d in data]
+    batches: list[list[int]] = []
     order: list[int] = []
-    losses = []
+    losses: list[float] = []
+    first = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, weights_only=False)
+        if state["settings"] != asdict(settings) or state["examples"] != len(data):
+            raise ValueError(f"SFT checkpoint {checkpoint} was made by other settings or data "
+                             f"({state['settings']}, {state['examples']} examples); delete it to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        batches, order, losses, first = state["batches"], state["order"], state["losses"], state["step"]
+        if log is not None:
+            log({"resumed": first})
     model.train()
-    for step in range(settings.steps):
-        if len(order) < settings.batch_size:
-            order += rng.sample(range(len(data)), len(data))
-        picked, order = order[: settings.batch_size], order[settings.batch_size:]
+    for step in range(first, settings.steps):
+        if settings.bucket > 1:
+            if not batches:
+                batches = batch_order(lengths, settings.batch_size, settings.bucket, rng)
+            picked = batches.pop(0)
+        else:  # the original sampler: batches may straddle two epochs
+            if len(order) < settings.batch_size:
+                order += rng.sample(range(len(data)), len(data))
+            picked, order = order[: settings.batch_size], order[settings.batch_size:]
         batch = {k: v.to(device) for k, v in collate([data[i] for i in picked], pad_id).items()}
         loss, _, _ = response_nll(model, batch)
         optimizer.zero_grad(set_to_none=True)
@@ -134,8 +183,22 @@ def train_sft(model, data: list[Datum], settings: SFTSettings, pad_id: int,
         losses.append(loss.item())
         if log is not None:
             log({"step": step, "loss": losses[-1], "lr": scheduler.get_last_lr()[0]})
+        done = step + 1
+        if checkpoint is not None and done < settings.steps and done % settings.checkpoint_every == 0:
+            _save_state(checkpoint, {
+                "settings": asdict(settings), "examples": len(data), "step": done, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng.getstate(),
+                "torch_rng": torch.get_rng_state(), "batches": batches, "order": order, "losses": losses})
     model.eval()
     return losses
+
+
+def _save_state(path: Path, state: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 @torch.no_grad()
