@@ -115,7 +115,8 @@ class TinyConfig:
     student_demos: int = 2000
     sft_batch_size: int = 8  # sequences per SFT step (whole episodes in the full layout)
     sft_lr: float = 5e-4
-    sft_bucket: int = 16  # SFT batches cut from length-sorted windows of 16 batches: less padding (1: off)
+    sft_bucket: int = 1  # >1: SFT batches cut from length-sorted windows of this many batches (less padding)
+    engine_corpus: bool = False  # the tokenizer's corpus also holds the engine's failure/idle texts (envs/corpus.py)
     judge_examples: int = 1500  # at most this many judge examples in the teacher's SFT data (0: no judge data)
     judge_games: int = 80  # train games played with noise to make them
     judge_heldout_games: int = 20  # the first train games, kept out, to report the judge's accuracy
@@ -128,6 +129,7 @@ class TinyConfig:
     dagger_steps: int = 300  # SFT steps per round, continuing from the current teacher
     dagger_lr: float = 2e-4
     dagger_share: float = 0.5  # share of each SFT batch drawn from the corrections
+    dagger_student_states: bool = False  # each round also labels the warm-start student's rollouts
 
 
 @dataclass

@@ -131,7 +131,8 @@ def test_dagger_is_a_cache_stage_after_the_base_teacher_and_keeps_the_student(tm
 
     cache = tmp_path / "cache"
     plain = _prepare(cache)
-    dagger = ["model.tiny.dagger_rounds=1", "model.tiny.dagger_games=3", "model.tiny.dagger_steps=2"]
+    dagger = ["model.tiny.dagger_rounds=1", "model.tiny.dagger_games=3", "model.tiny.dagger_steps=2",
+              "model.tiny.dagger_student_states=true"]
     out = _prepare(cache, *dagger)
     assert "dagger round 0" in out
     tiny = cache / "tiny"
@@ -142,7 +143,9 @@ def test_dagger_is_a_cache_stage_after_the_base_teacher_and_keeps_the_student(tm
     (base,) = [t for t in teachers if t != staged]
     report = json.loads((staged / "report.json").read_text())["dagger"]
     assert report["base_teacher"] == base.name and len(report["rounds"]) == 1
-    assert report["rounds"][0]["episodes"] == 6  # 3 games, greedy and at temperature 1
+    # 3 games, greedy and at temperature 1, by the teacher and by the warm-start student
+    assert report["rounds"][0]["episodes"] == 12
+    assert {"won_t0.0", "student_won_t0.0", "student_won_t1.0"} <= set(report["rounds"][0])
     before, after = (load_file(str(t / "teacher" / "model.safetensors")) for t in (base, staged))
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the rounds fine-tuned it
     # with the staged teacher in the cache, the base teacher is not needed (nor built) again

@@ -104,3 +104,28 @@ def test_a_new_student_setting_reuses_the_cached_teacher(small_suite, tmp_path):
     assert other.teacher != first.teacher and other.student != first.student
     assert sum(m.startswith("prepare: teacher (") for m in logs) == 1
     assert not list(tmp_path.glob(".*.tmp")), "a temporary dir was left"
+
+
+def test_new_knobs_at_their_legacy_value_keep_every_cache_key(tmp_path):
+    """Knobs added after pairs were shipped leave the keys alone at the value that reproduces those
+    builds; at another value they change the teacher's key. How often a build saves never does."""
+    from dataclasses import asdict
+
+    from harness.agent.prompt import PromptSettings
+    from harness.default.prepare import TinySettings, _cache_key, _key_view
+    from harness.default.sft import SFTSettings
+
+    (tmp_path / "suite.json").write_text('{"hash": "0123456789abcdef"}')
+    legacy = TinySettings()
+    view = _key_view(legacy)
+    assert "engine_corpus" not in view and "bucket" not in view["teacher_sft"]
+    assert "checkpoint_every" not in view["student_sft"]
+    assert set(asdict(legacy)) - set(view) == {"engine_corpus"}
+
+    def key(settings):
+        return _cache_key(tmp_path, settings, PromptSettings(), "")
+
+    saves_often = TinySettings(teacher_sft=SFTSettings(steps=700, batch_size=16, lr=5e-4, checkpoint_every=5))
+    assert key(saves_often) == key(legacy)
+    bucketed = TinySettings(teacher_sft=SFTSettings(steps=700, batch_size=16, lr=5e-4, bucket=16))
+    assert key(bucketed) != key(legacy) and key(TinySettings(engine_corpus=True)) != key(legacy)

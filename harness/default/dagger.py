@@ -144,6 +144,10 @@ class DaggerSettings:
     """Disagreeing turns per episode that become a datum (the rest of a loop adds little)."""
     dagger_share: float = 0.5
     """Share of each SFT batch drawn from the DAgger data (the rest from the demonstrations)."""
+    student_states: bool = False
+    """Also roll out the warm-start student each round (same games, same temperatures) and label
+    its states: the teacher then learns the expert's command where the student goes, the states
+    OPD will ask it about."""
 
 
 def mixed_data(base: list[Datum], extra: list[Datum], share: float, total: int, seed: int) -> list[Datum]:
@@ -159,8 +163,11 @@ def mixed_data(base: list[Datum], extra: list[Datum], share: float, total: int, 
 
 def dagger_rounds(teacher, tokenizer, pool: EnvPool, games: list[GameInfo], base_data: list[Datum],
                   settings: DaggerSettings, prompt: PromptSettings, layout: str, max_new_tokens: int,
-                  max_turns: int, batch_size: int, seed: int = 0, log=print) -> list[dict]:
-    """Run the DAgger rounds on `teacher` in place; returns one report per round."""
+                  max_turns: int, batch_size: int, seed: int = 0, log=print, student=None) -> list[dict]:
+    """Run the DAgger rounds on `teacher` in place; returns one report per round. With
+    `settings.student_states`, `student` (a frozen model) is rolled out and labelled too."""
+    if settings.student_states and student is None:
+        raise ValueError("DaggerSettings.student_states needs the warm-start student")
     import time
 
     from harness.default.sft import SFTSettings, train_sft
@@ -175,15 +182,22 @@ def dagger_rounds(teacher, tokenizer, pool: EnvPool, games: list[GameInfo], base
                                                max_new_tokens=max_new_tokens, max_turns=max_turns)
             labelled += labelled_rollouts(teacher, tokenizer, pool, chunk, rollout_settings, prompt,
                                           seed=seed + 7919 * r, source=f"teacher t={temperature}", batch=64)
+            if settings.student_states:
+                labelled += labelled_rollouts(student, tokenizer, pool, chunk, rollout_settings, prompt,
+                                              seed=seed + 7919 * r, source=f"student t={temperature}", batch=64)
         new = dagger_data(labelled, tokenizer, prompt, layout, settings.max_corrections, seed=seed + r)
         aggregated += new
-        turns = sum(len(e.executed) for e in labelled)
-        report = {"round": r, "episodes": len(labelled), "won": sum(e.won for e in labelled) / max(1, len(labelled)),
-                  "agree": sum(sum(e.agree) for e in labelled) / max(1, turns), "new_data": len(new),
+        own = [e for e in labelled if e.source.startswith("teacher")]
+        turns = sum(len(e.executed) for e in own)
+        report = {"round": r, "episodes": len(labelled), "won": sum(e.won for e in own) / max(1, len(own)),
+                  "agree": sum(sum(e.agree) for e in own) / max(1, turns), "new_data": len(new),
                   "dagger_data": len(aggregated), "rollout_s": time.perf_counter() - started}
         for temperature in settings.temperatures:
             mine = [e for e in labelled if e.source == f"teacher t={temperature}"]
             report[f"won_t{temperature}"] = sum(e.won for e in mine) / max(1, len(mine))
+            if settings.student_states:  # the teacher's agreement with the expert on the student's states
+                theirs = [e for e in labelled if e.source == f"student t={temperature}"]
+                report[f"student_won_t{temperature}"] = sum(e.won for e in theirs) / max(1, len(theirs))
         log(f"dagger round {r}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                             for k, v in report.items()))
         sft = SFTSettings(steps=settings.steps, batch_size=batch_size, lr=settings.lr, warmup_steps=20, seed=seed + r)

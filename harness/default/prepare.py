@@ -36,8 +36,7 @@ from harness.default.tiny import (
 from harness.envs import EnvPool, discover_games, interleave_task_types
 from harness.envs.demos import load_jsonl, play_experts, save_jsonl
 
-PREPARE_VERSION = "4"  # 3: explorer walks the room listing; demos interleave task types
-# 4: the tokenizer's corpus holds the engine's answers to failed and idle commands (corpus.py)
+PREPARE_VERSION = "3"  # 3: explorer walks the room listing; demos interleave task types
 
 
 @dataclass
@@ -63,6 +62,9 @@ class TinySettings:
     """DAgger rounds after the teacher's SFT: a cache stage of its own (harness/default/dagger.py)."""
     max_new_tokens: int = 12
     """Reply cap of the teacher's DAgger rollouts (prompt.max_new_tokens of the runs)."""
+    engine_corpus: bool = False
+    """The tokenizer's corpus also holds what the engine prints to failing and idle commands
+    (harness/envs/corpus.py); off, "Nothing happens." tokenizes as `nothing <unk> .`."""
     seed: int = 0
 
 
@@ -92,9 +94,25 @@ def _hash(blob: dict) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# Knobs added after pairs were built and shipped, at the value that reproduces those builds: left
+# out of the keys at that value, so adding a knob never orphans a cache or shipped entry.
+LEGACY_DEFAULTS = {"engine_corpus": False}
+LEGACY_SFT_DEFAULTS = {"bucket": 1}
+RESULT_NEUTRAL_SFT = ("checkpoint_every",)  # how often a build saves; not what it makes
+
+
+def _key_view(settings: TinySettings) -> dict:
+    """asdict(settings) as keys see it: legacy-default knobs and result-neutral ones left out."""
+    view = {k: v for k, v in asdict(settings).items() if not (k in LEGACY_DEFAULTS and v == LEGACY_DEFAULTS[k])}
+    for name in ("teacher_sft", "student_sft"):
+        view[name] = {k: v for k, v in view[name].items() if k not in RESULT_NEUTRAL_SFT
+                      and not (k in LEGACY_SFT_DEFAULTS and v == LEGACY_SFT_DEFAULTS[k])}
+    return view
+
+
 def _cache_key(suite_root: Path, settings: TinySettings, prompt: PromptSettings, extra_key: str) -> str:
     """The teacher's key: everything that made it (the student's fields excluded)."""
-    teacher = {k: v for k, v in asdict(settings).items() if k not in STUDENT_FIELDS + DAGGER_FIELDS}
+    teacher = {k: v for k, v in _key_view(settings).items() if k not in STUDENT_FIELDS + DAGGER_FIELDS}
     return _hash({"v": PREPARE_VERSION, "suite": _suite_id(suite_root), "settings": teacher,
                   "prompt": asdict(prompt), "extra": extra_key})
 
@@ -108,7 +126,7 @@ def _dagger_key(teacher_key: str, settings: TinySettings) -> str:
 def _student_key(teacher_key: str, settings: TinySettings) -> str:
     """The student's key: its teacher's key (the tokenizer and demonstrations) and its own fields."""
     return _hash({"v": PREPARE_VERSION, "teacher": teacher_key,
-                  "student": {k: v for k, v in asdict(settings).items() if k in STUDENT_FIELDS}})
+                  "student": {k: v for k, v in _key_view(settings).items() if k in STUDENT_FIELDS}})
 
 
 def engine_corpus(suite_root: Path, games: int = 60, steps: int = 25) -> list[str]:
@@ -236,9 +254,11 @@ def _teacher_data(demos, tokenizer, settings: TinySettings, prompt: PromptSettin
 
 
 def _build_dagger_teacher(suite_root: Path, out: Path, base_dir: Path, settings: TinySettings, prompt: PromptSettings,
-                          extra_teacher_data, teacher_report, log, device: str = "cpu") -> dict:
+                          extra_teacher_data, teacher_report, log, device: str = "cpu",
+                          student_dir: Path | None = None) -> dict:
     """The base teacher, then `settings.dagger.rounds` DAgger rounds on train games after the
-    held-out ones, each fine-tuning on the demonstrations plus every correction so far."""
+    held-out ones, each fine-tuning on the demonstrations plus every correction so far (with
+    `dagger.student_states`, also on the states the warm-start student in `student_dir` visits)."""
     from harness.default.dagger import dagger_rounds
     from harness.models import load_model, load_tokenizer
 
@@ -250,9 +270,11 @@ def _build_dagger_teacher(suite_root: Path, out: Path, base_dir: Path, settings:
     base_data, heldout_data = _teacher_data(demos, tokenizer, settings, prompt, extra_teacher_data)
     games = interleave_task_types(discover_games(suite_root, "train").games)
     games = games[min(settings.heldout_demos, max(1, len(games) // 5)):]  # after the held-out ones (_split)
+    student = load_model(str(student_dir), device=device) if settings.dagger.student_states else None
     with EnvPool(max_steps=30) as pool:
         rounds = dagger_rounds(teacher, tokenizer, pool, games, base_data, settings.dagger, prompt, settings.layout,
-                               settings.max_new_tokens, 30, settings.teacher_sft.batch_size, settings.seed, log)
+                               settings.max_new_tokens, 30, settings.teacher_sft.batch_size, settings.seed, log,
+                               student=student)
     accuracy = action_accuracy(teacher, heldout_data, tokenizer, tokenizer.pad_token_id)
     save_tiny(teacher, tokenizer, out / "teacher", settings.teacher)
     report = json.loads((base_dir / "report.json").read_text())
@@ -272,7 +294,8 @@ def _build_teacher(suite_root: Path, out: Path, settings: TinySettings, prompt: 
     demos = cached_demos(suite_root, out.parent, log)
     corpus = [e["task"] for e in demos] + [t["observation"] + " " + " ".join(t["admissible"]) + " " + t["feedback"]
                                            for e in demos for t in e["turns"]]
-    corpus += engine_corpus(suite_root)
+    if settings.engine_corpus:
+        corpus += engine_corpus(suite_root)
     tokenizer = build_tokenizer(corpus, extra_words=list(extra_words) + [
         "your", "task", "is", "to", "observation", "action", "admissible", "actions", "you", "have", "taken",
         "steps", "last"])
@@ -371,19 +394,31 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
     def available(key: str) -> bool:
         return (base / key / "report.json").exists() or cache.model_entry(key) is not None
 
-    base_key, base_dir = teacher_key, teacher_dir
+    # the student is made from the base teacher's tokenizer and the expert's demonstrations, never
+    # from the teacher's weights: a DAgger teacher keeps the same warm-start student
+    base_key = teacher_key
+    student_key = _student_key(base_key, settings)
+
+    def student(tokenizer_dir: Path) -> dict:
+        return _cached(base, student_key, seeded(lambda tmp: _build_student(
+            suite_root, tmp, tokenizer_dir, settings, prompt, log, device, partial_dir(base, student_key))), log)
+
+    base_dir = teacher_dir
     if settings.dagger.rounds > 0:
         teacher_key = _dagger_key(base_key, settings)
         teacher_dir = base / f"teacher-{teacher_key}"
         if not available(teacher_dir.name):  # the base teacher is only needed to build this stage
             base_teacher()
-        report = _cached(base, teacher_dir.name, seeded(lambda tmp: _build_dagger_teacher(
-            suite_root, tmp, base_dir, settings, prompt, extra_teacher_data, teacher_report, log, device)), log)
+            # built before the DAgger stage, which may roll it out (dagger.student_states)
+            student_report = student(base_dir)
+            report = _cached(base, teacher_dir.name, seeded(lambda tmp: _build_dagger_teacher(
+                suite_root, tmp, base_dir, settings, prompt, extra_teacher_data, teacher_report, log, device,
+                base / student_key / "student")), log)
+        else:
+            report = _cached(base, teacher_dir.name, lambda tmp: {}, log)  # cached or shipped: never built here
+            student_report = student(teacher_dir)  # the same tokenizer as the base teacher's
     else:
         report = base_teacher()
-    # the student is made from the base teacher's tokenizer and the expert's demonstrations, never
-    # from the teacher's weights: a DAgger teacher keeps the same warm-start student
-    student_key = _student_key(base_key, settings)
-    report = {**report, **_cached(base, student_key, seeded(lambda tmp: _build_student(
-        suite_root, tmp, teacher_dir, settings, prompt, log, device, partial_dir(base, student_key))), log)}
+        student_report = student(teacher_dir)
+    report = {**report, **student_report}
     return TinyPair(base / student_key, teacher_dir / "teacher", base / student_key / "student", report)

@@ -8,10 +8,10 @@ model sees at training time exactly the token ids it will see when it plays.
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections import defaultdict
 from collections.abc import Callable
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

@@ -51,10 +51,9 @@ class SuiteSpec:
     """valid_seen games: train rooms, new placements and goals (real: 140)."""
     n_valid_unseen: int = 134
     """valid_unseen games: rooms no train game uses (real: 134)."""
-    receptacles_per_room: int = 6
-    """Receptacles kept from each ALFRED floor plan (small rooms keep all of theirs). 8 until
-    session 9: the tiny teacher levelled off near 61% there however long it trained."""
-    distractors: int = 2
+    receptacles_per_room: int = 8
+    """Receptacles kept from each ALFRED floor plan (small rooms keep all of theirs)."""
+    distractors: int = 4
     """Objects of other classes placed in each game besides the targets (and the lamp)."""
     num_workers: int = 2
     """Verification processes (0: verify in this process)."""
