@@ -130,6 +130,8 @@ class TinyConfig:
     dagger_lr: float = 2e-4
     dagger_share: float = 0.5  # share of each SFT batch drawn from the corrections
     dagger_student_states: bool = False  # each round also labels the warm-start student's rollouts
+    dagger_judge_turns: bool = False  # each round also makes judge examples of its labelled turns
+    dagger_judge_per_episode: int = 4  # judge examples per labelled episode (with dagger_judge_turns)
 
 
 @dataclass
@@ -177,6 +179,8 @@ class TrainConfig:
     checkpoint_every: int = 10
     chunk_size: int = 1024  # positions per vocabulary chunk in scoring
     stop_after: int | None = None  # stop (as if preempted) after this many steps; for tests
+    max_turns: int | None = None  # training rollouts end after at most this many turns (null: env.max_steps);
+                                  # evaluation always plays env.max_steps
 
 
 @dataclass
@@ -279,5 +283,11 @@ def rollout_settings(cfg: Any, evaluation: bool = False) -> RolloutSettings:
     if backend not in BACKENDS:
         raise ValueError(f"rollout.backend must be one of {BACKENDS}, not {backend!r}")
     sampling = {"greedy": cfg.eval.greedy, "temperature": cfg.eval.temperature, "top_p": cfg.eval.top_p}
-    return build(RolloutSettings, cfg.rollout, layout=cfg.prompt.layout, max_turns=cfg.env.max_steps,
+    max_turns = cfg.env.max_steps
+    train_turns = getattr(cfg.train, "max_turns", None)
+    if not evaluation and train_turns is not None:
+        if train_turns < 1:
+            raise ValueError(f"train.max_turns must be >= 1 (or null: env.max_steps), got {train_turns}")
+        max_turns = min(train_turns, cfg.env.max_steps)
+    return build(RolloutSettings, cfg.rollout, layout=cfg.prompt.layout, max_turns=max_turns,
                  **(sampling if evaluation else {}))

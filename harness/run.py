@@ -113,8 +113,9 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
             student_demos=t.student_demos, layout=cfg.prompt.layout, renamed_copies=t.renamed_copies,
             rename_lamps=t.rename_lamps, engine_corpus=t.engine_corpus, seed=0,
             dagger=DaggerSettings(rounds=t.dagger_rounds, games=t.dagger_games, steps=t.dagger_steps, lr=t.dagger_lr,
-                                  dagger_share=t.dagger_share, student_states=t.dagger_student_states))
-        extras, keys, words, report = [], [], (), None
+                                  dagger_share=t.dagger_share, student_states=t.dagger_student_states,
+                                  judge_turns=t.dagger_judge_turns, judge_per_episode=t.dagger_judge_per_episode))
+        extras, keys, words, report, dagger_judge = [], [], (), None, None
         if t.judge_examples > 0:  # judge examples join the teacher's SFT data (cpu_benchmark.md)
             from harness.default.judge_data import (
                 JudgeDataSettings,
@@ -135,6 +136,13 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
             def report(teacher, tokenizer):
                 return judge_accuracy(teacher, tokenizer, heldout_judge_examples(root, tokenizer, js, data), js)
 
+            def dagger_judge(tokenizer, episodes):  # judge examples of DAgger episodes' turns
+                from harness.default.judge_data import policy_judge_examples
+                from harness.default.sft import labelled_data
+
+                messages, labels = policy_judge_examples(episodes, tokenizer, js)
+                return labelled_data(messages, [js.labels[label] for label in labels], tokenizer)
+
         if t.recovery_games > 0:  # DAgger-style: recover from the student's kind of mistakes
             from harness.default.judge_data import JudgeDataSettings, recovery_teacher_data
 
@@ -151,7 +159,8 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
         extra_key = "|".join(keys)
         pair = prepare_tiny(root, settings, prompt_settings(cfg), cache_root=cache_root(cfg.cache_dir) / "tiny",
                             extra_teacher_data=extra if extras else None, extra_key=extra_key, extra_words=words,
-                            teacher_report=report, log=log, device=cfg.model.teacher.device)
+                            teacher_report=report, log=log, device=cfg.model.teacher.device,
+                            dagger_judge_data=dagger_judge)
         student_path, teacher_path = student_path or str(pair.student), teacher_path or str(pair.teacher)
         info["tiny_report"] = pair.report
         info["tiny_keys"] = [pair.teacher.parent.name, pair.root.name]  # cache entries (harness/cache.py)

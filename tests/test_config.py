@@ -126,6 +126,15 @@ def test_rollout_section_reaches_the_settings_and_vllm_fails_clearly():
         rollout_settings(compose_config(["rollout.backend=sglang"]))
 
 
+def test_train_max_turns_cuts_training_rollouts_only():
+    cfg = compose_config(["experiment=smoke", "train.max_turns=4"])  # smoke: env.max_steps 6
+    assert (rollout_settings(cfg).max_turns, rollout_settings(cfg, evaluation=True).max_turns) == (4, 6)
+    assert rollout_settings(compose_config(["experiment=smoke", "train.max_turns=null"])).max_turns == 6
+    assert rollout_settings(compose_config(["experiment=smoke", "train.max_turns=15"])).max_turns == 6  # a cap
+    with pytest.raises(ValueError, match=r"train.max_turns must be >= 1 \(or null: env.max_steps\), got 0"):
+        rollout_settings(compose_config(["experiment=smoke", "train.max_turns=0"]))
+
+
 @pytest.mark.parametrize("schema,component,config_only", [
     (LoraConfig, LoraSettings, {"enabled": False}), (JudgeConfig, JudgeSettings, {"batch_size": 32}),
     (SuiteConfig, SuiteSpec, {}), (PromptConfig, PromptSettings, {"layout": "window", "max_new_tokens": None}),

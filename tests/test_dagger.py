@@ -7,10 +7,14 @@ import pytest
 
 from harness.agent.prompt import PromptSettings
 from harness.default.dagger import (
+    DaggerSettings,
     LabelledEpisode,
     dagger_data,
+    episode_record,
     expert_labels,
+    load_episode_records,
     mixed_data,
+    round_data,
     state_sample,
 )
 from harness.default.tiny import build_tokenizer
@@ -148,6 +152,23 @@ def test_dagger_is_a_cache_stage_after_the_base_teacher_and_keeps_the_student(tm
     assert {"won_t0.0", "student_won_t0.0", "student_won_t1.0"} <= set(report["rounds"][0])
     before, after = (load_file(str(t / "teacher" / "model.safetensors")) for t in (base, staged))
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the rounds fine-tuned it
+    # one stage per round: 2 rounds run round 1 only, on round 0's entry and saved episodes
+    two = _prepare(cache, *dagger, "model.tiny.dagger_rounds=2")
+    assert "dagger round 1:" in two and "dagger round 0:" not in two
+    (second,) = [t for t in tiny.glob("teacher-*") if t.is_dir() and t not in teachers]
+    rounds = json.loads((second / "report.json").read_text())["dagger"]["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[0] == report["rounds"][0]
+    assert rounds[1]["dagger_data"] == rounds[0]["new_data"] + rounds[1]["new_data"]
+    saved = [json.loads(line)["round"] for line in (second / "dagger_episodes.jsonl").read_text().splitlines()]
+    assert saved == [0] * 12 + [1] * 12
+    # judge turns: the same round-0 episodes (same teacher, same seeds), plus 4 judge examples
+    # for each of the 12 episodes (every episode here has more than 4 turns in all)
+    judged = _prepare(cache, *dagger, "model.tiny.dagger_judge_turns=true")
+    (third,) = [t for t in tiny.glob("teacher-*") if t.is_dir() and t not in teachers + [second]]
+    judged_round = json.loads((third / "report.json").read_text())["dagger"]["rounds"][0]
+    assert "dagger round 0:" in judged
+    assert judged_round["won"] == report["rounds"][0]["won"]
+    assert judged_round["new_data"] == report["rounds"][0]["new_data"] + 4 * 12
     # with the staged teacher in the cache, the base teacher is not needed (nor built) again
     shutil.rmtree(base)
     again = _prepare(cache, *dagger, build=False)
@@ -173,3 +194,38 @@ def test_policy_judge_examples_label_a_policys_own_turns_against_the_expert():
     episode.feedbacks = episode.feedbacks[:2]
     with pytest.raises(ValueError, match="feedback"):
         policy_judge_examples([episode], tokenizer, JudgeSettings())
+
+
+
+def test_episode_records_round_trip_with_their_round(tmp_path):
+    import json
+
+    first = _episode(["go to cabinet 1", "look"], ["go to cabinet 1", "go to countertop 1"])
+    second = _episode(["look"], ["look"])
+    path = tmp_path / "episodes.jsonl"
+    path.write_text("\n".join(json.dumps(episode_record(e, r)) for r, e in ((0, first), (1, second))) + "\n")
+    assert load_episode_records(path) == [(0, first), (1, second)]
+
+
+def test_round_data_adds_a_seeded_sample_of_judge_examples():
+    tokenizer = build_tokenizer([ROOM, "put a mug in fridge. ok. go to look"])
+    prompt = PromptSettings(show_admissible=False)
+    episodes = [_episode(["look"] * 5, ["look"] * 5), _episode(["look"] * 3, ["look"] * 3)]  # 8 turns, all agree
+
+    def judge(eps):
+        return [("judge", i) for i in range(sum(len(e.executed) for e in eps))]
+
+    def made(settings, round_index=0, judge_data=judge):
+        return round_data(round_index, episodes, tokenizer, settings, prompt, "full", 0, judge_data)
+
+    plain = made(DaggerSettings(rounds=1))
+    assert len(plain) == 2  # each episode once, its agreeing turns trained in place; no correction
+    three = DaggerSettings(rounds=1, judge_turns=True, judge_per_episode=3)  # budget 3 x 2 = 6 of the 8 turns
+    picked = [d for d in made(three) if isinstance(d, tuple)]
+    assert len(made(three)) == 2 + 6 and len(set(picked)) == 6 and set(picked) <= set(judge(episodes))
+    assert picked == [d for d in made(three) if isinstance(d, tuple)]  # seeded
+    assert picked != [d for d in made(three, round_index=1) if isinstance(d, tuple)]  # another seed per round
+    every = DaggerSettings(rounds=1, judge_turns=True, judge_per_episode=10)  # budget 20 >= 8: all of them
+    assert sorted(d for d in made(every) if isinstance(d, tuple)) == judge(episodes)
+    with pytest.raises(ValueError, match="judge_examples"):
+        made(three, judge_data=None)

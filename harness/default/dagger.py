@@ -17,7 +17,7 @@ that turn followed by the expert's command (`dagger_data`).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from harness.agent.prompt import PromptSettings, normalize_action
 from harness.agent.rollout import RolloutSettings, episode_data, rollout
@@ -148,6 +148,13 @@ class DaggerSettings:
     """Also roll out the warm-start student each round (same games, same temperatures) and label
     its states: the teacher then learns the expert's command where the student goes, the states
     OPD will ask it about."""
+    judge_turns: bool = False
+    """Also make judge examples of the round's labelled turns (Skip / Weak / Strong by
+    judge_data.label_of against the expert's command): the judge then learns the turns SAGE's
+    gate reads (the student's), and the DAgger mix no longer dilutes it (without them the judge
+    stopped saying Weak)."""
+    judge_per_episode: int = 4
+    """Judge examples per labelled episode (a seeded sample of all their turns), with judge_turns."""
 
 
 def mixed_data(base: list[Datum], extra: list[Datum], share: float, total: int, seed: int) -> list[Datum]:
@@ -161,10 +168,48 @@ def mixed_data(base: list[Datum], extra: list[Datum], share: float, total: int, 
     return picked
 
 
-def dagger_rounds(teacher, tokenizer, pool: EnvPool, games: list[GameInfo], base_data: list[Datum],
-                  settings: DaggerSettings, prompt: PromptSettings, layout: str, max_new_tokens: int,
-                  max_turns: int, batch_size: int, seed: int = 0, log=print, student=None) -> list[dict]:
-    """Run the DAgger rounds on `teacher` in place; returns one report per round. With
+def episode_record(episode: LabelledEpisode, round_index: int) -> dict:
+    """A labelled episode as one JSON line of a DAgger stage's `dagger_episodes.jsonl`."""
+    return {"round": round_index, **asdict(episode)}
+
+
+def load_episode_records(path) -> list[tuple[int, LabelledEpisode]]:
+    """(round, episode) pairs written by `episode_record`, in file order."""
+    import json
+    from pathlib import Path
+
+    records = []
+    for line in Path(path).read_text().splitlines():
+        blob = json.loads(line)
+        records.append((blob.pop("round"), LabelledEpisode(**blob)))
+    return records
+
+
+def round_data(round_index: int, episodes: list[LabelledEpisode], tokenizer, settings: DaggerSettings,
+               prompt: PromptSettings, layout: str, seed: int, judge_data=None) -> list[Datum]:
+    """What one round adds to the aggregated DAgger data: the corrections of its episodes and,
+    with `settings.judge_turns`, judge examples from a seeded sample of their turns
+    (`judge_data(episodes) -> list[Datum]` over every turn; prepare binds the judge's settings).
+    A function of the round's episodes and seed only, so a later stage rebuilds it exactly."""
+    data = dagger_data(episodes, tokenizer, prompt, layout, settings.max_corrections, seed=seed + round_index)
+    if settings.judge_turns:
+        if judge_data is None:
+            raise ValueError("DaggerSettings.judge_turns needs judge examples (model.tiny.judge_examples > 0)")
+        judged = judge_data(episodes)
+        budget = settings.judge_per_episode * len(episodes)
+        if len(judged) > budget:
+            judged = random.Random(seed + 104729 + round_index).sample(judged, budget)
+        data += judged
+    return data
+
+
+def dagger_round(round_index: int, teacher, tokenizer, pool: EnvPool, games: list[GameInfo],
+                 base_data: list[Datum], aggregated: list[Datum], settings: DaggerSettings,
+                 prompt: PromptSettings, layout: str, max_new_tokens: int, max_turns: int, batch_size: int,
+                 seed: int = 0, log=print, student=None, judge_data=None) -> tuple[dict, list[LabelledEpisode]]:
+    """Round `round_index` on `teacher` in place: roll out its slice of `games`, label, add the
+    round's data to `aggregated` (the earlier rounds' data, extended in place), fine-tune on the
+    demonstrations plus all of it. Returns the round's report and its labelled episodes. With
     `settings.student_states`, `student` (a frozen model) is rolled out and labelled too."""
     if settings.student_states and student is None:
         raise ValueError("DaggerSettings.student_states needs the warm-start student")
@@ -172,39 +217,37 @@ def dagger_rounds(teacher, tokenizer, pool: EnvPool, games: list[GameInfo], base
 
     from harness.default.sft import SFTSettings, train_sft
 
-    reports, aggregated = [], []
-    for r in range(settings.rounds):
-        started = time.perf_counter()
-        chunk = games[r * settings.games:(r + 1) * settings.games] or games[: settings.games]
-        labelled = []
-        for temperature in settings.temperatures:
-            rollout_settings = RolloutSettings(layout=layout, greedy=temperature == 0, temperature=temperature or 1.0,
-                                               max_new_tokens=max_new_tokens, max_turns=max_turns)
-            labelled += labelled_rollouts(teacher, tokenizer, pool, chunk, rollout_settings, prompt,
-                                          seed=seed + 7919 * r, source=f"teacher t={temperature}", batch=64)
-            if settings.student_states:
-                labelled += labelled_rollouts(student, tokenizer, pool, chunk, rollout_settings, prompt,
-                                              seed=seed + 7919 * r, source=f"student t={temperature}", batch=64)
-        new = dagger_data(labelled, tokenizer, prompt, layout, settings.max_corrections, seed=seed + r)
-        aggregated += new
-        own = [e for e in labelled if e.source.startswith("teacher")]
-        turns = sum(len(e.executed) for e in own)
-        report = {"round": r, "episodes": len(labelled), "won": sum(e.won for e in own) / max(1, len(own)),
-                  "agree": sum(sum(e.agree) for e in own) / max(1, turns), "new_data": len(new),
-                  "dagger_data": len(aggregated), "rollout_s": time.perf_counter() - started}
-        for temperature in settings.temperatures:
-            mine = [e for e in labelled if e.source == f"teacher t={temperature}"]
-            report[f"won_t{temperature}"] = sum(e.won for e in mine) / max(1, len(mine))
-            if settings.student_states:  # the teacher's agreement with the expert on the student's states
-                theirs = [e for e in labelled if e.source == f"student t={temperature}"]
-                report[f"student_won_t{temperature}"] = sum(e.won for e in theirs) / max(1, len(theirs))
-        log(f"dagger round {r}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                            for k, v in report.items()))
-        sft = SFTSettings(steps=settings.steps, batch_size=batch_size, lr=settings.lr, warmup_steps=20, seed=seed + r)
-        data = mixed_data(base_data, aggregated, settings.dagger_share, settings.steps * batch_size, seed + r)
-        started = time.perf_counter()
-        losses = train_sft(teacher, data, sft, tokenizer.pad_token_id)
-        report |= {"final_loss": losses[-1], "sft_s": time.perf_counter() - started}
-        log(f"dagger round {r}: fine-tuned {settings.steps} steps in {report['sft_s']:.0f} s, loss {losses[-1]:.3f}")
-        reports.append(report)
-    return reports
+    r = round_index
+    started = time.perf_counter()
+    chunk = games[r * settings.games:(r + 1) * settings.games] or games[: settings.games]
+    labelled = []
+    for temperature in settings.temperatures:
+        rollout_settings = RolloutSettings(layout=layout, greedy=temperature == 0, temperature=temperature or 1.0,
+                                           max_new_tokens=max_new_tokens, max_turns=max_turns)
+        labelled += labelled_rollouts(teacher, tokenizer, pool, chunk, rollout_settings, prompt,
+                                      seed=seed + 7919 * r, source=f"teacher t={temperature}", batch=64)
+        if settings.student_states:
+            labelled += labelled_rollouts(student, tokenizer, pool, chunk, rollout_settings, prompt,
+                                          seed=seed + 7919 * r, source=f"student t={temperature}", batch=64)
+    new = round_data(r, labelled, tokenizer, settings, prompt, layout, seed, judge_data)
+    aggregated += new
+    own = [e for e in labelled if e.source.startswith("teacher")]
+    turns = sum(len(e.executed) for e in own)
+    report = {"round": r, "episodes": len(labelled), "won": sum(e.won for e in own) / max(1, len(own)),
+              "agree": sum(sum(e.agree) for e in own) / max(1, turns), "new_data": len(new),
+              "dagger_data": len(aggregated), "rollout_s": time.perf_counter() - started}
+    for temperature in settings.temperatures:
+        mine = [e for e in labelled if e.source == f"teacher t={temperature}"]
+        report[f"won_t{temperature}"] = sum(e.won for e in mine) / max(1, len(mine))
+        if settings.student_states:  # the fixed student on the same games: how hard the slice is
+            theirs = [e for e in labelled if e.source == f"student t={temperature}"]
+            report[f"student_won_t{temperature}"] = sum(e.won for e in theirs) / max(1, len(theirs))
+    log(f"dagger round {r}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in report.items()))
+    sft = SFTSettings(steps=settings.steps, batch_size=batch_size, lr=settings.lr, warmup_steps=20, seed=seed + r)
+    data = mixed_data(base_data, aggregated, settings.dagger_share, settings.steps * batch_size, seed + r)
+    started = time.perf_counter()
+    losses = train_sft(teacher, data, sft, tokenizer.pad_token_id)
+    report |= {"final_loss": losses[-1], "sft_s": time.perf_counter() - started}
+    log(f"dagger round {r}: fine-tuned {settings.steps} steps in {report['sft_s']:.0f} s, loss {losses[-1]:.3f}")
+    return report, labelled

@@ -16,7 +16,7 @@ import random
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -118,9 +118,14 @@ def _cache_key(suite_root: Path, settings: TinySettings, prompt: PromptSettings,
 
 
 def _dagger_key(teacher_key: str, settings: TinySettings) -> str:
-    """The DAgger teacher's key: the base teacher's key and the DAgger knobs."""
-    return _hash({"v": PREPARE_VERSION, "teacher": teacher_key,
-                  "dagger": {k: v for k, v in asdict(settings).items() if k in DAGGER_FIELDS}})
+    """The key of the DAgger stage after `settings.dagger.rounds` rounds: the base teacher's key
+    and the DAgger knobs (a knob added later is left out at its legacy value)."""
+    view = {k: v for k, v in asdict(settings).items() if k in DAGGER_FIELDS}
+    view["dagger"] = {k: v for k, v in view["dagger"].items()
+                      if not (k in LEGACY_DAGGER_DEFAULTS and v == LEGACY_DAGGER_DEFAULTS[k])}
+    if not view["dagger"].get("judge_turns"):
+        view["dagger"].pop("judge_per_episode", None)  # read only with judge_turns
+    return _hash({"v": PREPARE_VERSION, "stage": DAGGER_STAGE_VERSION, "teacher": teacher_key, "dagger": view})
 
 
 def _student_key(teacher_key: str, settings: TinySettings) -> str:
@@ -253,37 +258,66 @@ def _teacher_data(demos, tokenizer, settings: TinySettings, prompt: PromptSettin
     return teacher_data, demo_data(heldout, tokenizer, prompt, settings.layout)
 
 
-def _build_dagger_teacher(suite_root: Path, out: Path, base_dir: Path, settings: TinySettings, prompt: PromptSettings,
-                          extra_teacher_data, teacher_report, log, device: str = "cpu",
-                          student_dir: Path | None = None) -> dict:
-    """The base teacher, then `settings.dagger.rounds` DAgger rounds on train games after the
-    held-out ones, each fine-tuning on the demonstrations plus every correction so far (with
-    `dagger.student_states`, also on the states the warm-start student in `student_dir` visits)."""
-    from harness.default.dagger import dagger_rounds
+DAGGER_STAGE_VERSION = "2"  # 2: one cache stage per round (round k continues from round k-1's entry)
+LEGACY_DAGGER_DEFAULTS = {"judge_turns": False}
+EPISODES_FILE = "dagger_episodes.jsonl"  # every round's labelled episodes, beside the stage's teacher
+
+
+def _build_dagger_round(suite_root: Path, out: Path, base_dir: Path, previous: Path, round_index: int,
+                        settings: TinySettings, prompt: PromptSettings, extra_teacher_data, teacher_report, log,
+                        device: str = "cpu", student_dir: Path | None = None, judge_data=None) -> dict:
+    """DAgger round `round_index` on the teacher in `previous` (the base teacher for round 0, else
+    the stage of the round before): the earlier rounds' data is rebuilt from the episodes saved
+    there, this round's train-game slice is rolled out and labelled (with `dagger.student_states`,
+    the warm-start student in `student_dir` too), and the teacher is fine-tuned on the
+    demonstrations plus every round's data. Saves the teacher and all episodes so far."""
+    from harness.default.dagger import (
+        dagger_round,
+        episode_record,
+        load_episode_records,
+        round_data,
+    )
     from harness.models import load_model, load_tokenizer
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(str(base_dir / "teacher"))
-    teacher = load_model(str(base_dir / "teacher"), device=device)
+    teacher = load_model(str(previous / "teacher"), device=device)
     teacher.requires_grad_(True)
     demos = cached_demos(suite_root, base_dir.parent, log)
     base_data, heldout_data = _teacher_data(demos, tokenizer, settings, prompt, extra_teacher_data)
     games = interleave_task_types(discover_games(suite_root, "train").games)
     games = games[min(settings.heldout_demos, max(1, len(games) // 5)):]  # after the held-out ones (_split)
     student = load_model(str(student_dir), device=device) if settings.dagger.student_states else None
+    judge = (lambda episodes: judge_data(tokenizer, episodes)) if judge_data is not None else None
+    records = load_episode_records(previous / EPISODES_FILE) if round_index > 0 else []
+    if sorted({r for r, _ in records}) != list(range(round_index)):
+        raise RuntimeError(f"{previous} holds the episodes of rounds {sorted({r for r, _ in records})}, "
+                           f"not of rounds 0..{round_index - 1}; remove it from the cache to rebuild it")
+    aggregated = []
+    for r in range(round_index):
+        aggregated += round_data(r, [e for k, e in records if k == r], tokenizer, settings.dagger, prompt,
+                                 settings.layout, settings.seed, judge)
     with EnvPool(max_steps=30) as pool:
-        rounds = dagger_rounds(teacher, tokenizer, pool, games, base_data, settings.dagger, prompt, settings.layout,
-                               settings.max_new_tokens, 30, settings.teacher_sft.batch_size, settings.seed, log,
-                               student=student)
+        round_report, episodes = dagger_round(
+            round_index, teacher, tokenizer, pool, games, base_data, aggregated, settings.dagger, prompt,
+            settings.layout, settings.max_new_tokens, 30, settings.teacher_sft.batch_size, settings.seed, log,
+            student=student, judge_data=judge)
     accuracy = action_accuracy(teacher, heldout_data, tokenizer, tokenizer.pad_token_id)
     save_tiny(teacher, tokenizer, out / "teacher", settings.teacher)
-    report = json.loads((base_dir / "report.json").read_text())
+    lines = [json.dumps(episode_record(e, r)) for r, e in records] + [json.dumps(episode_record(e, round_index))
+                                                                       for e in episodes]
+    (out / EPISODES_FILE).write_text("\n".join(lines) + "\n")
+    report = json.loads((previous / "report.json").read_text())
+    rounds = report.get("dagger", {}).get("rounds", []) if round_index > 0 else []
+    round_report |= {"stage_s": time.perf_counter() - started, "heldout_action_accuracy": accuracy}
     report["teacher"] = {**report["teacher"], "heldout_action_accuracy": accuracy}
-    report["dagger"] = {"rounds": rounds, "build_s": time.perf_counter() - started, "base_teacher": base_dir.name}
-    log("prepare: DAgger teacher held-out next-action exact match: " + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
+    report["dagger"] = {"rounds": rounds + [round_report], "base_teacher": base_dir.name,
+                        "build_s": sum(r.get("stage_s", 0.0) for r in rounds + [round_report])}
+    log(f"prepare: DAgger round {round_index} teacher held-out next-action exact match: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()))
     if teacher_report is not None:
-        report["teacher_judge"] = teacher_report(teacher, tokenizer)
-        log(f"prepare: DAgger teacher judge accuracy on held-out turns: {report['teacher_judge']}")
+        report["teacher_judge"] = round_report["teacher_judge"] = teacher_report(teacher, tokenizer)
+        log(f"prepare: DAgger round {round_index} teacher judge accuracy on held-out turns: {report['teacher_judge']}")
     return report
 
 
@@ -354,7 +388,7 @@ def _cached(base: Path, key: str, build, log=print) -> dict:
 def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = None,
                  prompt: PromptSettings | None = None, cache_root: str | os.PathLike | None = None,
                  extra_teacher_data=None, extra_key: str = "", extra_words: tuple[str, ...] = (),
-                 teacher_report=None, log=print, device: str = "auto") -> TinyPair:
+                 teacher_report=None, log=print, device: str = "auto", dagger_judge_data=None) -> TinyPair:
     """Build (or reuse) the tiny teacher/student pair for this suite; safe under concurrency.
 
     Two cached stages: the teacher (and the shared tokenizer) under `teacher-<key>`, keyed by
@@ -365,6 +399,10 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
     teacher's SFT data (the judge examples); `extra_key` must name it for the cache key;
     `extra_words` join the tokenizer's vocabulary; `teacher_report(teacher, tokenizer) -> dict`
     adds measurements of the trained teacher (the judge's held-out accuracy) to the report.
+    `dagger_judge_data(tokenizer, labelled_episodes) -> list[Datum]` makes judge examples of
+    DAgger episodes' turns (needed by `dagger.judge_turns`).
+    With `dagger.rounds` = R > 0 the teacher is the DAgger stage after R rounds, one cache entry
+    per round: round k continues from round k-1's entry, so R + 1 rounds cost one round more.
     `device` ('auto': the GPU when there is one) is where the SFT runs; it is not part of the
     cache key, so a pair built on a GPU node serves CPU runs of the same settings. Its weights
     are not those of a CPU build: the rounding differs, and 800 SFT steps amplify it (the
@@ -404,19 +442,23 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
             suite_root, tmp, tokenizer_dir, settings, prompt, log, device, partial_dir(base, student_key))), log)
 
     base_dir = teacher_dir
-    if settings.dagger.rounds > 0:
-        teacher_key = _dagger_key(base_key, settings)
-        teacher_dir = base / f"teacher-{teacher_key}"
-        if not available(teacher_dir.name):  # the base teacher is only needed to build this stage
+
+    def dagger_stage(rounds: int) -> tuple[Path, dict]:
+        staged = replace(settings, dagger=replace(settings.dagger, rounds=rounds))
+        stage_dir = base / f"teacher-{_dagger_key(base_key, staged)}"
+        if available(stage_dir.name):
+            return stage_dir, _cached(base, stage_dir.name, lambda tmp: {}, log)  # cached or shipped
+        previous = base_dir if rounds == 1 else dagger_stage(rounds - 1)[0]
+        if rounds == 1:
             base_teacher()
-            # built before the DAgger stage, which may roll it out (dagger.student_states)
-            student_report = student(base_dir)
-            report = _cached(base, teacher_dir.name, seeded(lambda tmp: _build_dagger_teacher(
-                suite_root, tmp, base_dir, settings, prompt, extra_teacher_data, teacher_report, log, device,
-                base / student_key / "student")), log)
-        else:
-            report = _cached(base, teacher_dir.name, lambda tmp: {}, log)  # cached or shipped: never built here
-            student_report = student(teacher_dir)  # the same tokenizer as the base teacher's
+        student(base_dir)  # built before the DAgger stage, which may roll it out (dagger.student_states)
+        return stage_dir, _cached(base, stage_dir.name, seeded(lambda tmp: _build_dagger_round(
+            suite_root, tmp, base_dir, previous, rounds - 1, staged, prompt, extra_teacher_data, teacher_report,
+            log, device, base / student_key / "student", dagger_judge_data)), log)
+
+    if settings.dagger.rounds > 0:
+        teacher_dir, report = dagger_stage(settings.dagger.rounds)
+        student_report = student(base_dir if (base_dir / "teacher").exists() else teacher_dir)
     else:
         report = base_teacher()
         student_report = student(teacher_dir)
