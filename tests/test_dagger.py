@@ -229,3 +229,15 @@ def test_round_data_adds_a_seeded_sample_of_judge_examples():
     assert sorted(d for d in made(every) if isinstance(d, tuple)) == judge(episodes)
     with pytest.raises(ValueError, match="judge_examples"):
         made(three, judge_data=None)
+
+
+def test_state_data_are_bucketed_by_the_turn_they_train():
+    from harness.bench.agreement import trained_turn
+    from harness.default.dagger import _state_datum
+
+    tokenizer = build_tokenizer([ROOM, "put a mug in fridge. ok. go to look"])
+    prompt = PromptSettings(show_admissible=False)
+    episode = _episode(["go to cabinet 1", "look", "look", "look"], ["go to cabinet 1"] * 4)
+    assert [trained_turn(_state_datum(episode, t, tokenizer, prompt, "full", 0)) for t in (0, 2, 3)] == [0, 2, 3]
+    sampled = state_sample([episode], tokenizer, prompt, "full", per_episode=4)  # all 4 turns, in order
+    assert [trained_turn(d) for d in sampled] == [0, 1, 2, 3]

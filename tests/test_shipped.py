@@ -122,3 +122,17 @@ def test_one_cache_root_for_everything(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache.cache_root() == tmp_path / "home" / ".cache" / "sage-opd"
     assert cache.cache_root("~/elsewhere") == tmp_path / "home" / "elsewhere"
+
+
+def test_ship_leaves_a_dagger_stages_episodes_behind(tmp_path):
+    source = tmp_path / "cache"
+    (source / "games" / "abc").mkdir(parents=True)
+    (source / "games" / "abc" / "game.tw-pddl").write_text("g")
+    stage = source / "tiny" / "teacher-k"
+    (stage / "teacher").mkdir(parents=True)
+    (stage / "teacher" / "model.safetensors").write_bytes(b"w")
+    (stage / "report.json").write_text("{}")
+    (stage / "dagger_episodes.jsonl").write_text('{"round": 0}\n')
+    written = shipped.ship(source, "abc", ["teacher-k"], dest=tmp_path / "assets")
+    assert [p.name for p in written] == ["abc.tar.xz", "teacher-k"]
+    assert sorted(_files(tmp_path / "assets" / "tiny" / "teacher-k")) == ["report.json", "teacher/model.safetensors"]

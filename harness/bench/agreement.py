@@ -7,7 +7,8 @@ Rolls out the student (greedy and at temperature 1) and the teacher (greedy and 
 exploring expert (harness/default/dagger.py), and prints:
   - each rollout's success (so the teacher greedy vs at temperature 1);
   - on a seeded sample of the student's states: the teacher's and the student's agreement with
-    the expert's next command (teacher-forced exact match = the greedy reply), per expert verb;
+    the expert's next command (teacher-forced exact match = the greedy reply), per expert verb
+    and per bucket of turn index (how far into an episode a model stays reliable);
   - in the states where the expert would `use` / `take` / `move`: the verb each model's greedy
     reply starts with (counts), which shows which skills a model loses;
   - the teacher's judge accuracy (Skip / Weak / Strong, argmax) on every turn of the student's
@@ -33,6 +34,24 @@ from harness.default.sft import action_accuracy
 from harness.envs import EnvPool, discover_games, interleave_task_types
 
 FOCUS_VERBS = ("use", "take", "move")
+TURN_BUCKETS = ((0, 5), (5, 10), (10, 15), (15, 20), (20, 30))
+
+
+def trained_turn(datum) -> int:
+    """The turn index of a state datum's one trained reply (dagger._state_datum)."""
+    return max(t for t, m in zip(datum.turn_index, datum.response_mask, strict=True) if m)
+
+
+def by_turn(model, data, tokenizer, buckets=TURN_BUCKETS) -> dict[str, float]:
+    """Exact-match agreement with the expert per bucket of turn index ("0-5": turns 0..4): a
+    model trained on demonstrations of 5-20 turns may drift off in a long, failing episode."""
+    result = {}
+    for lo, hi in buckets:
+        chunk = [d for d in data if lo <= trained_turn(d) < hi]
+        if chunk:
+            result[f"{lo}-{hi}"] = action_accuracy(model, chunk, tokenizer, tokenizer.pad_token_id)["all"]
+            result[f"count_{lo}-{hi}"] = len(chunk)
+    return result
 
 
 @torch.no_grad()
@@ -104,6 +123,10 @@ def main() -> None:
             accuracy = action_accuracy(model, states, tokenizer, tokenizer.pad_token_id)
             figures["agreement"][f"{role} on student {mode}"] = accuracy
             print(f"{role:8s} " + "  ".join(f"{k} {100 * v:.0f}%" for k, v in accuracy.items()))
+            turns = by_turn(model, states, tokenizer)
+            figures.setdefault("by_turn", {})[f"{role} on student {mode}"] = turns
+            print("    by turn: " + "  ".join(f"{k} {100 * v:.0f}% (n={turns['count_' + k]})"
+                                          for k, v in turns.items() if not k.startswith("count_")))
             verbs = first_verbs(model, states, tokenizer)
             focus = defaultdict(Counter)
             for label, verb in zip(labels, verbs, strict=True):

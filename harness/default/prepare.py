@@ -289,10 +289,12 @@ def _build_dagger_round(suite_root: Path, out: Path, base_dir: Path, previous: P
     games = games[min(settings.heldout_demos, max(1, len(games) // 5)):]  # after the held-out ones (_split)
     student = load_model(str(student_dir), device=device) if settings.dagger.student_states else None
     judge = (lambda episodes: judge_data(tokenizer, episodes)) if judge_data is not None else None
-    records = load_episode_records(previous / EPISODES_FILE) if round_index > 0 else []
+    saved = previous / EPISODES_FILE
+    records = load_episode_records(saved) if round_index > 0 and saved.exists() else []
     if sorted({r for r, _ in records}) != list(range(round_index)):
-        raise RuntimeError(f"{previous} holds the episodes of rounds {sorted({r for r, _ in records})}, "
-                           f"not of rounds 0..{round_index - 1}; remove it from the cache to rebuild it")
+        raise RuntimeError(f"{previous} holds the episodes of rounds {sorted({r for r, _ in records})}, not of "
+                           f"rounds 0..{round_index - 1} (a shipped stage comes without them); remove that "
+                           "entry from the cache to rebuild it, then this round")
     aggregated = []
     for r in range(round_index):
         aggregated += round_data(r, [e for k, e in records if k == r], tokenizer, settings.dagger, prompt,

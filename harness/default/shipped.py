@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 
 from harness.cache import assets_root, cache_root
+from harness.default.prepare import EPISODES_FILE
 
 
 def ship(cache: Path, suite_hash: str, keys: list[str], dest: Path | None = None) -> list[Path]:
@@ -34,7 +35,8 @@ def ship(cache: Path, suite_hash: str, keys: list[str], dest: Path | None = None
     for key in keys:
         target = dest / "tiny" / key
         shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(cache / "tiny" / key, target)
+        # a DAgger stage's labelled episodes only serve to build a further round here: not shipped
+        shutil.copytree(cache / "tiny" / key, target, ignore=shutil.ignore_patterns(EPISODES_FILE))
         written.append(target)
     return written
 
