@@ -284,7 +284,7 @@ def rollout_settings(cfg: Any, evaluation: bool = False) -> RolloutSettings:
         raise ValueError(f"rollout.backend must be one of {BACKENDS}, not {backend!r}")
     sampling = {"greedy": cfg.eval.greedy, "temperature": cfg.eval.temperature, "top_p": cfg.eval.top_p}
     max_turns = cfg.env.max_steps
-    train_turns = getattr(cfg.train, "max_turns", None)
+    train_turns = cfg.train.max_turns
     if not evaluation and train_turns is not None:
         if train_turns < 1:
             raise ValueError(f"train.max_turns must be >= 1 (or null: env.max_steps), got {train_turns}")

@@ -136,11 +136,11 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
             def report(teacher, tokenizer):
                 return judge_accuracy(teacher, tokenizer, heldout_judge_examples(root, tokenizer, js, data), js)
 
-            def dagger_judge(tokenizer, episodes):  # judge examples of DAgger episodes' turns
+            def dagger_judge(tokenizer, episodes, turns):  # judge examples of DAgger episodes' turns
                 from harness.default.judge_data import policy_judge_examples
                 from harness.default.sft import labelled_data
 
-                messages, labels = policy_judge_examples(episodes, tokenizer, js)
+                messages, labels = policy_judge_examples(episodes, tokenizer, js, turns)
                 return labelled_data(messages, [js.labels[label] for label in labels], tokenizer)
 
         if t.recovery_games > 0:  # DAgger-style: recover from the student's kind of mistakes

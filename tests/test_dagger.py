@@ -189,6 +189,8 @@ def test_policy_judge_examples_label_a_policys_own_turns_against_the_expert():
     tokenizer = build_tokenizer([ROOM, "put a mug in fridge. ok. go to look nothing happens you arrive at"])
     messages, labels = policy_judge_examples([episode], tokenizer, JudgeSettings())
     assert labels == [0, 1, 2, 2]
+    picked_messages, picked = policy_judge_examples([episode], tokenizer, JudgeSettings(), turns=[(0, 3), (0, 1)])
+    assert picked == [2, 1] and picked_messages == [messages[3], messages[1]]  # those turns, in that order
     assert "take mug 9 from sinkbasin 1" in messages[3][-1]["content"]
     assert "Nothing happens." in messages[3][-1]["content"]
     episode.feedbacks = episode.feedbacks[:2]
@@ -212,8 +214,10 @@ def test_round_data_adds_a_seeded_sample_of_judge_examples():
     prompt = PromptSettings(show_admissible=False)
     episodes = [_episode(["look"] * 5, ["look"] * 5), _episode(["look"] * 3, ["look"] * 3)]  # 8 turns, all agree
 
-    def judge(eps):
-        return [("judge", i) for i in range(sum(len(e.executed) for e in eps))]
+    every_turn = [(i, t) for i, e in enumerate(episodes) for t in range(len(e.executed))]
+
+    def judge(eps, turns=every_turn):  # one marker per (episode, turn) asked for
+        return [("judge", i, t) for i, t in turns]
 
     def made(settings, round_index=0, judge_data=judge):
         return round_data(round_index, episodes, tokenizer, settings, prompt, "full", 0, judge_data)

@@ -188,18 +188,19 @@ def load_episode_records(path) -> list[tuple[int, LabelledEpisode]]:
 def round_data(round_index: int, episodes: list[LabelledEpisode], tokenizer, settings: DaggerSettings,
                prompt: PromptSettings, layout: str, seed: int, judge_data=None) -> list[Datum]:
     """What one round adds to the aggregated DAgger data: the corrections of its episodes and,
-    with `settings.judge_turns`, judge examples from a seeded sample of their turns
-    (`judge_data(episodes) -> list[Datum]` over every turn; prepare binds the judge's settings).
-    A function of the round's episodes and seed only, so a later stage rebuilds it exactly."""
+    with `settings.judge_turns`, judge examples of a seeded sample of their turns
+    (`judge_data(episodes, turns) -> list[Datum]` for (episode, turn) pairs; prepare binds the
+    judge's settings). A function of the round's episodes and seed only, so a later stage
+    rebuilds it exactly."""
     data = dagger_data(episodes, tokenizer, prompt, layout, settings.max_corrections, seed=seed + round_index)
     if settings.judge_turns:
         if judge_data is None:
             raise ValueError("DaggerSettings.judge_turns needs judge examples (model.tiny.judge_examples > 0)")
-        judged = judge_data(episodes)
+        turns = [(i, t) for i, episode in enumerate(episodes) for t in range(len(episode.executed))]
         budget = settings.judge_per_episode * len(episodes)
-        if len(judged) > budget:
-            judged = random.Random(seed + 104729 + round_index).sample(judged, budget)
-        data += judged
+        if len(turns) > budget:  # only the sampled turns are made into prompts
+            turns = random.Random(seed + 104729 + round_index).sample(turns, budget)
+        data += judge_data(episodes, turns)
     return data
 
 

@@ -202,22 +202,28 @@ def episode_examples(episodes: list[NoisyEpisode], tokenizer, settings: JudgeSet
     return messages_list, labels
 
 
-def policy_judge_examples(episodes, tokenizer, settings: JudgeSettings) -> tuple[list[list[dict]], list[int]]:
+def policy_judge_examples(episodes, tokenizer, settings: JudgeSettings,
+                          turns: list[tuple[int, int]] | None = None) -> tuple[list[list[dict]], list[int]]:
     """Judge prompts and labels for the turns of a policy's own episodes (dagger.LabelledEpisode,
     e.g. the warm-start student's rollouts), labelled by `label_of` against the expert's command
-    in each visited state: the judge measured on the distribution SAGE's gate reads."""
+    in each visited state: the judge measured on the distribution SAGE's gate reads. `turns`
+    ((episode index, turn index) pairs, in the order wanted) picks some turns; None: all, in order."""
     template = load_template(settings)
-    messages_list, labels = [], []
     for episode in episodes:
         if len(episode.feedbacks) != len(episode.executed):
             raise ValueError("policy_judge_examples needs episodes with every turn's feedback "
                              "(LabelledEpisode.feedbacks, filled by dagger.labelled_rollouts)")
-        for t, (action, feedback) in enumerate(zip(episode.executed, episode.feedbacks, strict=True)):
-            history = list(zip(episode.observations[:t], episode.executed[:t], strict=True))
-            _, messages = fitted_prompt(tokenizer, episode.task, history, episode.observations[t], action,
-                                        feedback, settings, template)
-            messages_list.append(messages)
-            labels.append(label_of(action, feedback, episode.labels[t], episode.executed[t - 1] if t else None))
+    if turns is None:
+        turns = [(i, t) for i, episode in enumerate(episodes) for t in range(len(episode.executed))]
+    messages_list, labels = [], []
+    for i, t in turns:
+        episode = episodes[i]
+        action, feedback = episode.executed[t], episode.feedbacks[t]
+        history = list(zip(episode.observations[:t], episode.executed[:t], strict=True))
+        _, messages = fitted_prompt(tokenizer, episode.task, history, episode.observations[t], action,
+                                    feedback, settings, template)
+        messages_list.append(messages)
+        labels.append(label_of(action, feedback, episode.labels[t], episode.executed[t - 1] if t else None))
     return messages_list, labels
 
 

@@ -288,7 +288,7 @@ def _build_dagger_round(suite_root: Path, out: Path, base_dir: Path, previous: P
     games = interleave_task_types(discover_games(suite_root, "train").games)
     games = games[min(settings.heldout_demos, max(1, len(games) // 5)):]  # after the held-out ones (_split)
     student = load_model(str(student_dir), device=device) if settings.dagger.student_states else None
-    judge = (lambda episodes: judge_data(tokenizer, episodes)) if judge_data is not None else None
+    judge = (lambda episodes, turns: judge_data(tokenizer, episodes, turns)) if judge_data is not None else None
     saved = previous / EPISODES_FILE
     records = load_episode_records(saved) if round_index > 0 and saved.exists() else []
     if sorted({r for r, _ in records}) != list(range(round_index)):
@@ -401,8 +401,8 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
     teacher's SFT data (the judge examples); `extra_key` must name it for the cache key;
     `extra_words` join the tokenizer's vocabulary; `teacher_report(teacher, tokenizer) -> dict`
     adds measurements of the trained teacher (the judge's held-out accuracy) to the report.
-    `dagger_judge_data(tokenizer, labelled_episodes) -> list[Datum]` makes judge examples of
-    DAgger episodes' turns (needed by `dagger.judge_turns`).
+    `dagger_judge_data(tokenizer, labelled_episodes, turns) -> list[Datum]` makes judge examples of
+    DAgger episodes' (episode, turn) pairs (needed by `dagger.judge_turns`).
     With `dagger.rounds` = R > 0 the teacher is the DAgger stage after R rounds, one cache entry
     per round: round k continues from round k-1's entry, so R + 1 rounds cost one round more.
     `device` ('auto': the GPU when there is one) is where the SFT runs; it is not part of the
