@@ -113,6 +113,7 @@ class TinyConfig:
     # every on-policy method took it to 0%; 2000 x 800 (default since session 5): 23.3% / 15.0%
     # (19.3% / 17.2% on the full evaluation; the teacher 52.1% / 44.0%)
     student_demos: int = 2000
+    student_source: str = "expert"  # expert | teacher: the student's warm start on the final teacher's won greedy episodes
     sft_batch_size: int = 8  # sequences per SFT step (whole episodes in the full layout)
     sft_lr: float = 5e-4
     sft_bucket: int = 1  # >1: SFT batches cut from length-sorted windows of this many batches (less padding)

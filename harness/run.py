@@ -110,7 +110,7 @@ def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
                                     bucket=t.sft_bucket),
             student_sft=SFTSettings(steps=t.student_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr, warmup_steps=20,
                                     bucket=t.sft_bucket),
-            student_demos=t.student_demos, layout=cfg.prompt.layout, renamed_copies=t.renamed_copies,
+            student_demos=t.student_demos, student_source=t.student_source, layout=cfg.prompt.layout, renamed_copies=t.renamed_copies,
             rename_lamps=t.rename_lamps, engine_corpus=t.engine_corpus, seed=0,
             dagger=DaggerSettings(rounds=t.dagger_rounds, games=t.dagger_games, steps=t.dagger_steps, lr=t.dagger_lr,
                                   dagger_share=t.dagger_share, student_states=t.dagger_student_states,

@@ -1,6 +1,9 @@
-"""The prepare stage's data helpers: object-renamed demonstration copies, task-type interleaving."""
+"""The prepare stage's data helpers: object-renamed demonstration copies, task-type interleaving,
+cache keys, the student's data from the teacher's episodes."""
 
 from __future__ import annotations
+
+import pytest
 
 from harness.default.prepare import renamed_copies
 from harness.envs import GameInfo, interleave_task_types
@@ -120,7 +123,7 @@ def test_new_knobs_at_their_legacy_value_keep_every_cache_key(tmp_path):
     view = _key_view(legacy)
     assert "engine_corpus" not in view and "bucket" not in view["teacher_sft"]
     assert "checkpoint_every" not in view["student_sft"]
-    assert set(asdict(legacy)) - set(view) == {"engine_corpus"}
+    assert set(asdict(legacy)) - set(view) == {"engine_corpus", "student_source"}
 
     def key(settings):
         return _cache_key(tmp_path, settings, PromptSettings(), "")
@@ -129,3 +132,77 @@ def test_new_knobs_at_their_legacy_value_keep_every_cache_key(tmp_path):
     assert key(saves_often) == key(legacy)
     bucketed = TinySettings(teacher_sft=SFTSettings(steps=700, batch_size=16, lr=5e-4, bucket=16))
     assert key(bucketed) != key(legacy) and key(TinySettings(engine_corpus=True)) != key(legacy)
+
+
+def test_prompt_knob_at_its_legacy_value_keeps_the_teacher_key(tmp_path):
+    """`prompt.admissible_scope` came after the default pair shipped: at 'all' the teacher's key
+    is the hash of the prompt as it was before the knob (the field absent); at 'interactions' the
+    teacher is another one."""
+    from dataclasses import asdict
+
+    from harness.agent.prompt import PromptSettings
+    from harness.default.prepare import (
+        DAGGER_FIELDS,
+        PREPARE_VERSION,
+        STUDENT_FIELDS,
+        TinySettings,
+        _cache_key,
+        _hash,
+        _key_view,
+    )
+
+    (tmp_path / "suite.json").write_text('{"hash": "0123456789abcdef"}')
+    settings, prompt = TinySettings(), PromptSettings(show_admissible=False)
+    before = {k: v for k, v in asdict(prompt).items() if k != "admissible_scope"}
+    teacher = {k: v for k, v in _key_view(settings).items() if k not in STUDENT_FIELDS + DAGGER_FIELDS}
+    by_hand = _hash({"v": PREPARE_VERSION, "suite": "0123456789abcdef", "settings": teacher, "prompt": before,
+                     "extra": ""})
+    assert _cache_key(tmp_path, settings, prompt, "") == by_hand
+    listed = PromptSettings(show_admissible=True, admissible_scope="interactions")
+    assert _cache_key(tmp_path, settings, listed, "") != _cache_key(tmp_path, settings, PromptSettings(), "")
+
+
+@pytest.mark.slow
+def test_the_students_data_from_the_teacher_are_its_won_episodes_token_for_token(tmp_path):
+    """`student_source=teacher`: the shipped default teacher plays 8 train games of the shipped suite
+    greedy; every datum is one won episode, and its reply tokens, decoded and replayed one by one
+    in a fresh engine, win that game at the last of them (each reply an engine command)."""
+    from harness import cache
+    from harness.agent.prompt import PromptSettings
+    from harness.default.prepare import TinySettings, teacher_episode_data
+    from harness.envs import EnvPool, discover_games, interleave_task_types
+    from harness.envs.generate import SuiteSpec, ensure_suite
+    from harness.models import load_model, load_tokenizer
+
+    suite = ensure_suite(SuiteSpec(), cache_root=tmp_path)  # the shipped suite, unpacked
+    entry = cache.model_entry("teacher-c5a05ba7ab31fdbc")
+    assert entry is not None, "the default teacher is shipped in assets/tiny"
+    tokenizer, teacher = load_tokenizer(str(entry / "teacher")), load_model(str(entry / "teacher"), device="cpu")
+    games = interleave_task_types(discover_games(suite, "train").games)[20:28]
+    data, won = teacher_episode_data(teacher, tokenizer, games, TinySettings(layout="full"),
+                                     PromptSettings(show_admissible=False))
+    assert len(data) == won >= 1  # the default teacher wins about half of the train games
+    by_index = {d.trajectory_index: d for d in data}
+    assert len(by_index) == won
+    with EnvPool(num_workers=1, max_steps=30) as pool:
+        for index, datum in by_index.items():
+            replies, current = [], []
+            for token, trained in zip(datum.token_ids, datum.response_mask, strict=True):
+                if trained:
+                    current.append(token)
+                elif current:
+                    replies.append(current)
+                    current = []
+            replies += [current] if current else []
+            (state,) = pool.reset([games[index].gamefile])
+            for turn, reply in enumerate(replies):
+                command = tokenizer.decode(reply, skip_special_tokens=True).strip()
+                (state,) = pool.step([command])
+                assert state.won == (turn == len(replies) - 1), (games[index].gamefile, turn, command)
+
+
+def test_an_unknown_student_source_is_refused_naming_the_knob():
+    from harness.default.prepare import TinySettings
+
+    with pytest.raises(ValueError, match="model.tiny.student_source must be 'expert' or 'teacher', not 'planner'"):
+        TinySettings(student_source="planner")

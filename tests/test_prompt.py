@@ -99,6 +99,23 @@ def test_admissible_knobs_and_system_prompt():
     assert with_system[0] == {"role": "system", "content": "Be brief."} and len(with_system) == 2
 
 
+def test_interactions_scope_lists_only_the_commands_that_act_on_objects():
+    admissible = ["examine desk 1", "go to bed 1", "go to drawer 3", "help", "inventory", "look",
+                  "open drawer 2", "take alarmclock 2 from desk 1", "use desklamp 1"]
+    settings = PromptSettings(admissible_scope="interactions")
+    content = render_next_user_message(TASK, "You arrive at desk 1.", admissible, settings)["content"]
+    assert content.splitlines()[-1] == "Admissible actions: open drawer 2, take alarmclock 2 from desk 1, use desklamp 1"
+    # nowhere to act: the line is there, empty, so "nothing to do here" reads the same way each time
+    idle = render_next_user_message(TASK, "o.", ["go to bed 1", "look", "inventory"], settings)["content"]
+    assert idle.splitlines()[-1] == "Admissible actions: "
+    # the scope only filters a list that is shown
+    hidden = render_next_user_message(TASK, "o.", admissible, PromptSettings(show_admissible=False,
+                                                                             admissible_scope="interactions"))
+    assert "Admissible" not in hidden["content"]
+    with pytest.raises(ValueError, match="admissible_scope must be one of"):
+        PromptSettings(admissible_scope="objects")
+
+
 def test_think_action_format_asks_for_tags_and_formats_sft_targets():
     settings = PromptSettings(answer_format="think_action")
     content = render_next_user_message(TASK, "Nothing happens.", ADMISSIBLE, settings)["content"]

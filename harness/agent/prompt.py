@@ -21,6 +21,7 @@ from harness.envs.alfworld import WORDING
 from harness.envs.base import Wording
 
 ANSWER_FORMATS = ("action", "think_action")
+ADMISSIBLE_SCOPES = ("all", "interactions")
 
 THINK_ACTION_INSTRUCTION = WORDING.think_action_instruction  # for instruction-tuned LLMs
 
@@ -38,6 +39,12 @@ class PromptSettings:
     (verl-agent's default is 2)."""
     show_admissible: bool = True
     """List the admissible actions of the current state."""
+    admissible_scope: str = "all"
+    """Which of them are listed: 'all', or 'interactions': the commands that act on an object
+    (take, open, move, use, clean, ...), leaving out the environment's navigation and looking
+    commands (`Wording.navigation_prefixes`: go to, examine, look, inventory, help). The places
+    to go are in the room's first observation; the list then costs a few tokens a turn and says
+    what can be done here, which the observation alone leaves to the policy's reading."""
     answer_format: str = "action"
     """'action': the reply is the bare action (tiny models); 'think_action':
     `<think>...</think><action>...</action>` (instruction-tuned LLMs)."""
@@ -49,6 +56,8 @@ class PromptSettings:
     def __post_init__(self) -> None:
         if self.answer_format not in ANSWER_FORMATS:
             raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, not {self.answer_format!r}")
+        if self.admissible_scope not in ADMISSIBLE_SCOPES:
+            raise ValueError(f"admissible_scope must be one of {ADMISSIBLE_SCOPES}, not {self.admissible_scope!r}")
         if self.history < -1:
             raise ValueError(f"history must be -1 (all), 0 or a positive count, not {self.history}")
 
@@ -78,6 +87,8 @@ def _admissible_line(admissible: list[str], settings: PromptSettings, wording: W
     if not settings.show_admissible:
         return None
     shown = [a for a in admissible if not (settings.drop_help and a.strip().lower() == "help")]
+    if settings.admissible_scope == "interactions":
+        shown = [a for a in shown if not a.strip().lower().startswith(wording.navigation_prefixes)]
     return wording.admissible_prefix + ", ".join(shown)
 
 

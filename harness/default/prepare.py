@@ -49,6 +49,11 @@ class TinySettings:
     student_sft: SFTSettings = field(default_factory=lambda: SFTSettings(steps=150, batch_size=16, lr=5e-4, warmup_steps=20))
     student_demos: int = 24
     """Demonstration episodes the student is warm-started on (the teacher gets every train game)."""
+    student_source: str = "expert"
+    """Whose episodes warm-start the student: 'expert' (the exploring expert's demonstrations) or
+    'teacher' (the final teacher's own greedy episodes on the same `student_demos` train games, the
+    won ones: the teacher's skills are then a superset of the student's, and the student visits
+    the states the teacher knows). 'teacher' makes the student a stage after the teacher."""
     heldout_demos: int = 20
     """Train episodes held out of the teacher's SFT to report its next-action accuracy per verb."""
     layout: str = "window"
@@ -66,6 +71,10 @@ class TinySettings:
     """The tokenizer's corpus also holds what the engine prints to failing and idle commands
     (harness/envs/corpus.py); off, "Nothing happens." tokenizes as `nothing <unk> .`."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.student_source not in ("expert", "teacher"):
+            raise ValueError(f"model.tiny.student_source must be 'expert' or 'teacher', not {self.student_source!r}")
 
 
 @dataclass
@@ -86,7 +95,7 @@ def _suite_id(suite_root: Path) -> str:
     return hashlib.sha256(str(suite_root.resolve()).encode()).hexdigest()[:16]
 
 
-STUDENT_FIELDS = ("student", "student_sft", "student_demos")
+STUDENT_FIELDS = ("student", "student_sft", "student_demos", "student_source")
 DAGGER_FIELDS = ("dagger", "max_new_tokens")  # a stage after the base teacher: not in its key
 
 
@@ -96,8 +105,9 @@ def _hash(blob: dict) -> str:
 
 # Knobs added after pairs were built and shipped, at the value that reproduces those builds: left
 # out of the keys at that value, so adding a knob never orphans a cache or shipped entry.
-LEGACY_DEFAULTS = {"engine_corpus": False}
+LEGACY_DEFAULTS = {"engine_corpus": False, "student_source": "expert"}
 LEGACY_SFT_DEFAULTS = {"bucket": 1}
+LEGACY_PROMPT_DEFAULTS = {"admissible_scope": "all"}
 RESULT_NEUTRAL_SFT = ("checkpoint_every",)  # how often a build saves; not what it makes
 
 
@@ -114,7 +124,9 @@ def _cache_key(suite_root: Path, settings: TinySettings, prompt: PromptSettings,
     """The teacher's key: everything that made it (the student's fields excluded)."""
     teacher = {k: v for k, v in _key_view(settings).items() if k not in STUDENT_FIELDS + DAGGER_FIELDS}
     return _hash({"v": PREPARE_VERSION, "suite": _suite_id(suite_root), "settings": teacher,
-                  "prompt": asdict(prompt), "extra": extra_key})
+                  "prompt": {k: v for k, v in asdict(prompt).items()
+                             if not (k in LEGACY_PROMPT_DEFAULTS and v == LEGACY_PROMPT_DEFAULTS[k])},
+                  "extra": extra_key})
 
 
 def _dagger_key(teacher_key: str, settings: TinySettings) -> str:
@@ -358,6 +370,53 @@ def _build_student(suite_root: Path, out: Path, teacher_dir: Path, settings: Tin
     return {"student": report}
 
 
+def teacher_episode_data(teacher, tokenizer, games, settings: TinySettings, prompt: PromptSettings,
+                         max_steps: int = 30) -> tuple[list, int]:
+    """The teacher's greedy episodes on `games` (64 envs at a time): (the SFT data of the won ones,
+    token for token as it played them, one datum per episode in the full layout; how many it won)."""
+    from harness.agent.rollout import RolloutSettings, rollout
+
+    played = RolloutSettings(layout=settings.layout, greedy=True, max_new_tokens=settings.max_new_tokens,
+                             max_turns=max_steps)
+    data, won = [], 0
+    with EnvPool(max_steps=max_steps) as pool:
+        for start in range(0, len(games), 64):
+            for trajectory in rollout(teacher, tokenizer, pool, games[start:start + 64], played, prompt,
+                                      seed=settings.seed + start):
+                if trajectory.won and not trajectory.failed:
+                    won += 1
+                    data += trajectory.data
+    return data, won
+
+
+def _build_student_from_teacher(suite_root: Path, out: Path, teacher_dir: Path, tokenizer_dir: Path,
+                                settings: TinySettings, prompt: PromptSettings, log, device: str = "cpu",
+                                partial: Path | None = None) -> dict:
+    """The student warm-started on the teacher's own greedy episodes (`student_source=teacher`):
+    the teacher in `teacher_dir` plays the first `student_demos` train games after the held-out
+    ones (the games of the expert's demonstrations); the won episodes are the student's SFT data.
+    Held-out figures are on the same held-out expert demonstrations as with the expert source."""
+    from harness.models import load_model, load_tokenizer
+
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(str(tokenizer_dir / "teacher"))
+    teacher = load_model(str(teacher_dir / "teacher"), device=device)
+    heldout, _ = _split(cached_demos(suite_root, tokenizer_dir.parent, log), settings)
+    games = interleave_task_types(discover_games(suite_root, "train").games)
+    games = games[min(settings.heldout_demos, max(1, len(games) // 5)):][: settings.student_demos]  # as _split
+    data, won = teacher_episode_data(teacher, tokenizer, games, settings, prompt)
+    rollout_s = time.perf_counter() - started
+    log(f"prepare: the teacher won {won} of {len(games)} train games greedy in {rollout_s:.0f} s: the student's data")
+    if not data:
+        raise ValueError(f"the teacher in {teacher_dir} won none of {len(games)} train games; "
+                         "the student cannot be warm-started on its episodes (use student_source=expert)")
+    report, _ = _sft("student", settings.student, settings.student_sft, data,
+                     demo_data(heldout, tokenizer, prompt, settings.layout), tokenizer, out, settings.seed + 1, log,
+                     device, partial)
+    return {"student": report | {"source": "teacher", "teacher": teacher_dir.name, "teacher_games": len(games),
+                                 "teacher_won": won, "rollout_s": rollout_s}}
+
+
 def partial_dir(base: Path, key: str) -> Path:
     """Where a build of `key` keeps its SFT checkpoints until it is done (a killed build resumes)."""
     return base / f".{key}.partial"
@@ -460,9 +519,16 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
 
     if settings.dagger.rounds > 0:
         teacher_dir, report = dagger_stage(settings.dagger.rounds)
-        student_report = student(base_dir if (base_dir / "teacher").exists() else teacher_dir)
+        tokenizer_dir = base_dir if (base_dir / "teacher").exists() else teacher_dir
     else:
         report = base_teacher()
-        student_report = student(teacher_dir)
+        tokenizer_dir = teacher_dir
+    if settings.student_source == "teacher":  # a stage after the final teacher: its key names that teacher
+        student_key = _student_key(teacher_dir.name, settings)
+        student_report = _cached(base, student_key, seeded(lambda tmp: _build_student_from_teacher(
+            suite_root, tmp, teacher_dir, tokenizer_dir, settings, prompt, log, device,
+            partial_dir(base, student_key))), log)
+    else:
+        student_report = student(tokenizer_dir)
     report = {**report, **student_report}
     return TinyPair(base / student_key, teacher_dir / "teacher", base / student_key / "student", report)

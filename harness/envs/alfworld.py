@@ -26,6 +26,7 @@ WORDING = Wording(
         "Then choose one admissible action for the current step and give it inside "
         "<action> </action> tags."
     ),
+    navigation_prefixes=("go to ", "examine ", "inventory", "look", "help"),
 )
 
 _TASK_RE = re.compile(r"Your task is to:\s*(.*?)\s*$", re.S)

@@ -28,6 +28,9 @@ class Wording:
     """Starts the line listing the admissible actions."""
     think_action_instruction: str
     """Closes a user message in the think_action answer format (instruction-tuned LLMs)."""
+    navigation_prefixes: tuple[str, ...] = ()
+    """Admissible commands that move or look rather than act on an object ('go to ', 'examine ',
+    'look'); `prompt.admissible_scope=interactions` leaves them out of the listed actions."""
 
 
 class Game(Protocol):
