@@ -236,6 +236,13 @@ def _split(demos: list[dict], settings: TinySettings) -> tuple[list[dict], list[
     return demos[:held], demos[held:]
 
 
+def _train_games(suite_root: Path, settings: TinySettings) -> list:
+    """The train games in demonstration order (task types interleaved) after the held-out ones, as
+    `_split` cuts the demonstrations: what DAgger rounds and the teacher-sourced student play."""
+    games = interleave_task_types(discover_games(suite_root, "train").games)
+    return games[min(settings.heldout_demos, max(1, len(games) // 5)):]
+
+
 def _sft(role: str, spec: TinyModelSpec, sft: SFTSettings, data, heldout_data, tokenizer, out: Path,
          seed: int, log, device: str = "cpu", partial: Path | None = None) -> tuple[dict, object]:
     t0 = time.perf_counter()
@@ -297,8 +304,7 @@ def _build_dagger_round(suite_root: Path, out: Path, base_dir: Path, previous: P
     teacher.requires_grad_(True)
     demos = cached_demos(suite_root, base_dir.parent, log)
     base_data, heldout_data = _teacher_data(demos, tokenizer, settings, prompt, extra_teacher_data)
-    games = interleave_task_types(discover_games(suite_root, "train").games)
-    games = games[min(settings.heldout_demos, max(1, len(games) // 5)):]  # after the held-out ones (_split)
+    games = _train_games(suite_root, settings)
     student = load_model(str(student_dir), device=device) if settings.dagger.student_states else None
     judge = (lambda episodes, turns: judge_data(tokenizer, episodes, turns)) if judge_data is not None else None
     saved = previous / EPISODES_FILE
@@ -402,8 +408,7 @@ def _build_student_from_teacher(suite_root: Path, out: Path, teacher_dir: Path, 
     tokenizer = load_tokenizer(str(tokenizer_dir / "teacher"))
     teacher = load_model(str(teacher_dir / "teacher"), device=device)
     heldout, _ = _split(cached_demos(suite_root, tokenizer_dir.parent, log), settings)
-    games = interleave_task_types(discover_games(suite_root, "train").games)
-    games = games[min(settings.heldout_demos, max(1, len(games) // 5)):][: settings.student_demos]  # as _split
+    games = _train_games(suite_root, settings)[: settings.student_demos]
     data, won = teacher_episode_data(teacher, tokenizer, games, settings, prompt)
     rollout_s = time.perf_counter() - started
     log(f"prepare: the teacher won {won} of {len(games)} train games greedy in {rollout_s:.0f} s: the student's data")
