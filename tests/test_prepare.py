@@ -206,3 +206,28 @@ def test_an_unknown_student_source_is_refused_naming_the_knob():
 
     with pytest.raises(ValueError, match="model.tiny.student_source must be 'expert' or 'teacher', not 'planner'"):
         TinySettings(student_source="planner")
+
+
+
+def test_the_expert_student_key_ignores_student_source():
+    """With `student_source=teacher` the DAgger stage still rolls out the expert-demonstration
+    student: its key is the one the default build (and the shipment) has, the hash's fields
+    written out by hand; the teacher-sourced student is another entry, keyed by its teacher."""
+    from dataclasses import asdict
+
+    from harness.default.prepare import (
+        PREPARE_VERSION,
+        TinySettings,
+        _expert_student_key,
+        _hash,
+        _student_key,
+    )
+
+    expert, sourced = TinySettings(), TinySettings(student_source="teacher")
+    sft = {k: v for k, v in asdict(expert.student_sft).items() if k not in ("checkpoint_every", "bucket")}
+    fields = {"student": asdict(expert.student), "student_sft": sft, "student_demos": expert.student_demos}
+    by_hand = _hash({"v": PREPARE_VERSION, "teacher": "c5a05ba7ab31fdbc", "student": fields})
+    assert _expert_student_key("c5a05ba7ab31fdbc", sourced) == by_hand
+    assert _expert_student_key("c5a05ba7ab31fdbc", expert) == _student_key("c5a05ba7ab31fdbc", expert) == by_hand
+    teacher_sourced = _student_key("teacher-c5a05ba7ab31fdbc", sourced)
+    assert teacher_sourced not in (by_hand, _student_key("teacher-c5a05ba7ab31fdbc", expert))

@@ -146,6 +146,13 @@ def _student_key(teacher_key: str, settings: TinySettings) -> str:
                   "student": {k: v for k, v in _key_view(settings).items() if k in STUDENT_FIELDS}})
 
 
+def _expert_student_key(teacher_key: str, settings: TinySettings) -> str:
+    """The key of the student SFT'd on the expert's demonstrations (the warm start, or the student
+    DAgger rolls out with `dagger.student_states`): never read from `student_source`, so a
+    teacher-sourced build reuses the cached or shipped expert student instead of building it again."""
+    return _student_key(teacher_key, replace(settings, student_source="expert"))
+
+
 def engine_corpus(suite_root: Path, games: int = 60, steps: int = 25) -> list[str]:
     """What the engine prints beyond won demonstrations (failures, idle commands), from seeded
     random play on the first train games of every task type (harness/envs/corpus.py)."""
@@ -501,7 +508,7 @@ def prepare_tiny(suite_root: str | os.PathLike, settings: TinySettings | None = 
     # the student is made from the base teacher's tokenizer and the expert's demonstrations, never
     # from the teacher's weights: a DAgger teacher keeps the same warm-start student
     base_key = teacher_key
-    student_key = _student_key(base_key, settings)
+    student_key = _expert_student_key(base_key, settings)
 
     def student(tokenizer_dir: Path) -> dict:
         return _cached(base, student_key, seeded(lambda tmp: _build_student(
