@@ -208,7 +208,6 @@ def test_an_unknown_student_source_is_refused_naming_the_knob():
         TinySettings(student_source="planner")
 
 
-
 def test_the_expert_student_key_ignores_student_source():
     """With `student_source=teacher` the DAgger stage still rolls out the expert-demonstration
     student: its key is the one the default build (and the shipment) has, the hash's fields
