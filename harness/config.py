@@ -103,8 +103,10 @@ class TinyConfig:
 
     teacher_layers: int = 4
     teacher_hidden: int = 256
+    teacher_heads: int = 4  # attention heads (head dim = hidden / heads)
     student_layers: int = 4
     student_hidden: int = 128
+    student_heads: int = 4
     teacher_sft_steps: int = 800
     renamed_copies: int = 1  # object-renamed copies of each teacher demonstration (harness/default/prepare.py)
     rename_lamps: bool = False  # the copies rename the lamps too (a lamp then stops being a lamp)
@@ -117,6 +119,7 @@ class TinyConfig:
     sft_batch_size: int = 8  # sequences per SFT step (whole episodes in the full layout)
     sft_lr: float = 5e-4
     sft_bucket: int = 1  # >1: SFT batches cut from length-sorted windows of this many batches (less padding)
+    counterfactuals: int = 0  # teacher SFT copies of search turns with the target put into / taken out of view
     engine_corpus: bool = False  # the tokenizer's corpus also holds the engine's failure/idle texts (envs/corpus.py)
     judge_examples: int = 1500  # at most this many judge examples in the teacher's SFT data (0: no judge data)
     judge_games: int = 80  # train games played with noise to make them

@@ -91,30 +91,40 @@ def judge_settings(cfg):
     return build(JudgeSettings, cfg.judge, template=str(template))
 
 
+def tiny_settings(cfg):
+    """The tiny pair's build settings (harness/default/prepare.py) from `model.tiny` and the prompt."""
+    from harness.default.dagger import DaggerSettings
+    from harness.default.prepare import TinySettings
+    from harness.default.sft import SFTSettings
+    from harness.default.tiny import TinyModelSpec
+
+    t = cfg.model.tiny
+    return TinySettings(
+        teacher=TinyModelSpec(layers=t.teacher_layers, hidden=t.teacher_hidden, heads=t.teacher_heads,
+                              kv_heads=t.teacher_heads, intermediate=4 * t.teacher_hidden),
+        student=TinyModelSpec(layers=t.student_layers, hidden=t.student_hidden, heads=t.student_heads,
+                              kv_heads=t.student_heads, intermediate=4 * t.student_hidden),
+        teacher_sft=SFTSettings(steps=t.teacher_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr,
+                                bucket=t.sft_bucket),
+        student_sft=SFTSettings(steps=t.student_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr, warmup_steps=20,
+                                bucket=t.sft_bucket),
+        student_demos=t.student_demos, student_source=t.student_source, layout=cfg.prompt.layout, renamed_copies=t.renamed_copies,
+        rename_lamps=t.rename_lamps, engine_corpus=t.engine_corpus, counterfactuals=t.counterfactuals, seed=0,
+        dagger=DaggerSettings(rounds=t.dagger_rounds, games=t.dagger_games, steps=t.dagger_steps, lr=t.dagger_lr,
+                              dagger_share=t.dagger_share, student_states=t.dagger_student_states,
+                              judge_turns=t.dagger_judge_turns, judge_per_episode=t.dagger_judge_per_episode))
+
+
 def load_models(cfg, root: Path, log=print) -> tuple[Models, dict]:
     """Student and teacher (the tiny pair is prepared once and cached), checked for compatibility."""
     info: dict = {}
     student_path, teacher_path = cfg.model.student.path, cfg.model.teacher.path
     if cfg.model.name == "tiny" and not (student_path and teacher_path):
         root = tiny_pair_suite(cfg, root, log)
-        from harness.default.dagger import DaggerSettings
-        from harness.default.prepare import TinySettings, prepare_tiny
-        from harness.default.sft import SFTSettings
-        from harness.default.tiny import TinyModelSpec
+        from harness.default.prepare import prepare_tiny
 
         t = cfg.model.tiny
-        settings = TinySettings(
-            teacher=TinyModelSpec(layers=t.teacher_layers, hidden=t.teacher_hidden, intermediate=4 * t.teacher_hidden),
-            student=TinyModelSpec(layers=t.student_layers, hidden=t.student_hidden, intermediate=4 * t.student_hidden),
-            teacher_sft=SFTSettings(steps=t.teacher_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr,
-                                    bucket=t.sft_bucket),
-            student_sft=SFTSettings(steps=t.student_sft_steps, batch_size=t.sft_batch_size, lr=t.sft_lr, warmup_steps=20,
-                                    bucket=t.sft_bucket),
-            student_demos=t.student_demos, student_source=t.student_source, layout=cfg.prompt.layout, renamed_copies=t.renamed_copies,
-            rename_lamps=t.rename_lamps, engine_corpus=t.engine_corpus, seed=0,
-            dagger=DaggerSettings(rounds=t.dagger_rounds, games=t.dagger_games, steps=t.dagger_steps, lr=t.dagger_lr,
-                                  dagger_share=t.dagger_share, student_states=t.dagger_student_states,
-                                  judge_turns=t.dagger_judge_turns, judge_per_episode=t.dagger_judge_per_episode))
+        settings = tiny_settings(cfg)
         extras, keys, words, report, dagger_judge = [], [], (), None, None
         if t.judge_examples > 0:  # judge examples join the teacher's SFT data (cpu_benchmark.md)
             from harness.default.judge_data import (

@@ -123,7 +123,7 @@ def test_new_knobs_at_their_legacy_value_keep_every_cache_key(tmp_path):
     view = _key_view(legacy)
     assert "engine_corpus" not in view and "bucket" not in view["teacher_sft"]
     assert "checkpoint_every" not in view["student_sft"]
-    assert set(asdict(legacy)) - set(view) == {"engine_corpus", "student_source"}
+    assert set(asdict(legacy)) - set(view) == {"engine_corpus", "student_source", "counterfactuals"}
 
     def key(settings):
         return _cache_key(tmp_path, settings, PromptSettings(), "")
@@ -230,3 +230,29 @@ def test_the_expert_student_key_ignores_student_source():
     assert _expert_student_key("c5a05ba7ab31fdbc", expert) == _student_key("c5a05ba7ab31fdbc", expert) == by_hand
     teacher_sourced = _student_key("teacher-c5a05ba7ab31fdbc", sourced)
     assert teacher_sourced not in (by_hand, _student_key("teacher-c5a05ba7ab31fdbc", expert))
+
+
+def test_the_heads_knobs_reach_the_built_models_and_leave_the_default_key(tmp_path):
+    """model.tiny.teacher_heads / student_heads set the attention heads (head dim = hidden / heads;
+    as many key-value heads); the default 4 is the spec the shipped pair was built with, so its
+    settings and key are those of TinySettings(); a head count that does not divide the width is
+    refused when the settings are made, before any game is played."""
+    from harness.agent.prompt import PromptSettings
+    from harness.default.prepare import TinySettings, _cache_key
+    from harness.default.tiny import build_tiny_model, build_tokenizer
+    from harness.run import tiny_settings
+    from tests.hydra_utils import compose_config
+
+    (tmp_path / "suite.json").write_text('{"hash": "0123456789abcdef"}')
+    default = tiny_settings(compose_config([]))
+    assert (default.teacher.heads, default.teacher.kv_heads, default.student.heads) == (4, 4, 4)
+    assert default.teacher == TinySettings().teacher and default.student == TinySettings().student
+    eight = tiny_settings(compose_config(["model.tiny.teacher_heads=8", "model.tiny.student_heads=2"]))
+    assert (eight.teacher.heads, eight.teacher.kv_heads, eight.student.heads, eight.student.kv_heads) == (8, 8, 2, 2)
+    assert _cache_key(tmp_path, eight, PromptSettings(), "") != _cache_key(tmp_path, default, PromptSettings(), "")
+
+    tokenizer = build_tokenizer(["go to bed 1", "take book 1 from bed 1"])
+    config = build_tiny_model(eight.teacher, tokenizer).config
+    assert (config.num_attention_heads, config.num_key_value_heads, config.hidden_size // config.num_attention_heads) == (8, 8, 32)
+    with pytest.raises(ValueError, match="hidden must divide by heads"):
+        tiny_settings(compose_config(["model.tiny.teacher_heads=3"]))  # 256 / 3

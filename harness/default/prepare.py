@@ -67,6 +67,10 @@ class TinySettings:
     """DAgger rounds after the teacher's SFT: a cache stage of its own (harness/default/dagger.py)."""
     max_new_tokens: int = 12
     """Reply cap of the teacher's DAgger rollouts (prompt.max_new_tokens of the runs)."""
+    counterfactuals: int = 0
+    """Counterfactual copies of search turns in the teacher's SFT data (harness/default/counterfactual.py):
+    a demonstration's prefix with the target put into or taken out of the list in view, labelled
+    by the expert (0: none)."""
     engine_corpus: bool = False
     """The tokenizer's corpus also holds what the engine prints to failing and idle commands
     (harness/envs/corpus.py); off, "Nothing happens." tokenizes as `nothing <unk> .`."""
@@ -105,7 +109,7 @@ def _hash(blob: dict) -> str:
 
 # Knobs added after pairs were built and shipped, at the value that reproduces those builds: left
 # out of the keys at that value, so adding a knob never orphans a cache or shipped entry.
-LEGACY_DEFAULTS = {"engine_corpus": False, "student_source": "expert"}
+LEGACY_DEFAULTS = {"engine_corpus": False, "student_source": "expert", "counterfactuals": 0}
 LEGACY_SFT_DEFAULTS = {"bucket": 1}
 LEGACY_PROMPT_DEFAULTS = {"admissible_scope": "all"}
 RESULT_NEUTRAL_SFT = ("checkpoint_every",)  # how often a build saves; not what it makes
@@ -276,9 +280,12 @@ def _sft(role: str, spec: TinyModelSpec, sft: SFTSettings, data, heldout_data, t
 
 def _teacher_data(demos, tokenizer, settings: TinySettings, prompt: PromptSettings, extra_teacher_data):
     """(the teacher's SFT data, the held-out demonstrations' data)."""
+    from harness.default.counterfactual import counterfactual_episodes
+
     heldout, train = _split(demos, settings)
-    teacher_data = demo_data(train + renamed_copies(train, settings.renamed_copies, settings.seed, settings.rename_lamps),
-                             tokenizer, prompt, settings.layout)
+    episodes = train + renamed_copies(train, settings.renamed_copies, settings.seed, settings.rename_lamps)
+    episodes += counterfactual_episodes(episodes, settings.counterfactuals, settings.seed)
+    teacher_data = demo_data(episodes, tokenizer, prompt, settings.layout)
     if extra_teacher_data is not None:
         teacher_data += extra_teacher_data(tokenizer, train)
     return teacher_data, demo_data(heldout, tokenizer, prompt, settings.layout)

@@ -121,6 +121,13 @@ class TinyModelSpec:
     max_positions: int = 8192  # RoPE has no learned positions; this only bounds the context
     tie_embeddings: bool = True  # input and output embeddings shared: fewer parameters
 
+    def __post_init__(self) -> None:
+        if min(self.layers, self.hidden, self.heads, self.kv_heads, self.intermediate) < 1:
+            raise ValueError(f"TinyModelSpec {self}: every size must be a positive integer")
+        if self.hidden % self.heads or self.heads % self.kv_heads:
+            raise ValueError(f"TinyModelSpec {self}: hidden must divide by heads and heads by kv_heads "
+                             f"(e.g. hidden 256 with 4 or 8 heads)")
+
 
 # The teacher is the size the probe found able to learn the goal-matching actions (4 x 256).
 # The student keeps the depth (matching object names across the prompt needs several layers of
@@ -134,8 +141,6 @@ def tiny_config(
     spec: TinyModelSpec, tokenizer: PreTrainedTokenizerFast, vocab_size: int | None = None
 ) -> LlamaConfig:
     """A Llama config of the given size for this tokenizer (vocab_size may add padding rows)."""
-    if spec.hidden % spec.heads or spec.heads % spec.kv_heads:
-        raise ValueError(f"TinyModelSpec {spec}: hidden must divide by heads and heads by kv_heads")
     return LlamaConfig(
         vocab_size=vocab_size or len(tokenizer),
         hidden_size=spec.hidden,
