@@ -70,7 +70,7 @@ def main():
     turns = agree = 0
     for e in eps:
         seen_error = False
-        for t, (cmd, label) in enumerate(zip(e.executed, e.labels)):
+        for t, (cmd, label) in enumerate(zip(e.executed, e.labels, strict=True)):
             turns += 1
             if cmd == label:
                 agree += 1

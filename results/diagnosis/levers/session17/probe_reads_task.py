@@ -16,7 +16,7 @@ import sys
 import torch
 
 from harness.agent.prompt import PromptSettings
-from harness.default.counterfactual import listed_items, listed_receptacle, with_items
+from harness.default.counterfactual import listed_items, with_items
 from harness.default.sft import demo_data
 from harness.envs.experts import kind_of
 from harness.models import load_model, load_tokenizer
