@@ -36,14 +36,20 @@ _USE_RE = re.compile(r"^use ([a-z]+) \d+$")
 EDITS = ("insert", "remove")
 
 
-def listed_items(observation: str) -> list[str] | None:
-    """The objects of the observation's listing of a receptacle ('a apple 1, and a knife 2' ->
-    ['apple 1', 'knife 2']; 'nothing' -> []); None when it lists no receptacle's content."""
+def _listing(observation: str) -> tuple[str, list[str]] | None:
+    """(the receptacle, its objects) of the observation's listing of a receptacle's content."""
     match = _LISTING_RE.search(observation)
     if match is None:
         return None
     body = match.group(3).strip()
-    return [] if body == "nothing" else _ITEM_RE.findall(body)
+    return match.group(1) or match.group(2), [] if body == "nothing" else _ITEM_RE.findall(body)
+
+
+def listed_items(observation: str) -> list[str] | None:
+    """The objects of the observation's listing of a receptacle ('a apple 1, and a knife 2' ->
+    ['apple 1', 'knife 2']; 'nothing' -> []); None when it lists no receptacle's content."""
+    listing = _listing(observation)
+    return None if listing is None else listing[1]
 
 
 def render_items(items: list[str]) -> str:
@@ -64,8 +70,8 @@ def with_items(observation: str, items: list[str]) -> str:
 def listed_receptacle(observation: str) -> str | None:
     """The receptacle whose content the observation lists ('On the bed 1, you see ...', 'The
     drawer 2 is open. In it, you see ...'), or None."""
-    match = _LISTING_RE.search(observation)
-    return None if match is None else match.group(1) or match.group(2)
+    listing = _listing(observation)
+    return None if listing is None else listing[0]
 
 
 def expert_params(episode: dict) -> dict[str, str] | None:
@@ -94,9 +100,9 @@ def _edited_turns(episode: dict, params: dict[str, str], kinds: list[str], rng: 
     out = []
     for t, turn in enumerate(turns):
         expert.observe(turn["observation"])
-        items = listed_items(turn["observation"]) if t > 0 else None
-        where = listed_receptacle(turn["observation"])
-        if items is not None and where and others and expert.phase == "find" and not expert.wrong:
+        listing = _listing(turn["observation"]) if t > 0 else None
+        if listing is not None and others and expert.phase == "find" and not expert.wrong:
+            where, items = listing
             targets = [i for i in items if kind_of(i) == target]
             admissible = list(turn["admissible"])
             if targets and turn["action"].startswith(f"take {target} "):
@@ -110,8 +116,7 @@ def _edited_turns(episode: dict, params: dict[str, str], kinds: list[str], rng: 
                               if (m := _TAKE_RE.match(c)) and m.group(1) in swaps else c for c in admissible]
             elif not targets and turn["action"].startswith(("go to ", "open ")):
                 edit = "insert"
-                used = {i for i in items if kind_of(i) == target} | expert.placed
-                number = rng.choice([n for n in range(1, 10) if f"{target} {n}" not in used])
+                number = rng.choice([n for n in range(1, 10) if f"{target} {n}" not in expert.placed])
                 new_items = items[:]
                 new_items.insert(rng.randint(0, len(items)), f"{target} {number}")
                 admissible.append(f"take {target} {number} from {where}")
