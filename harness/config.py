@@ -120,6 +120,13 @@ class TinyConfig:
     sft_lr: float = 5e-4
     sft_bucket: int = 1  # >1: SFT batches cut from length-sorted windows of this many batches (less padding)
     counterfactuals: int = 0  # teacher SFT copies of search turns with the target put into / taken out of view
+    # a curriculum stage before the teacher's SFT (harness/default/curriculum.py): one-message search
+    # examples (the task + one observation -> take / go on); 0 steps and 0 mix = off
+    curriculum_steps: int = 0
+    curriculum_batch_size: int = 64
+    curriculum_lr: float = 1e-3
+    curriculum_edits: int = 8000  # counterfactual edits among its examples
+    curriculum_mix: int = 0  # of its examples kept among the teacher's SFT data afterwards
     engine_corpus: bool = False  # the tokenizer's corpus also holds the engine's failure/idle texts (envs/corpus.py)
     judge_examples: int = 1500  # at most this many judge examples in the teacher's SFT data (0: no judge data)
     judge_games: int = 80  # train games played with noise to make them

@@ -93,6 +93,7 @@ def judge_settings(cfg):
 
 def tiny_settings(cfg):
     """The tiny pair's build settings (harness/default/prepare.py) from `model.tiny` and the prompt."""
+    from harness.default.curriculum import CurriculumSettings
     from harness.default.dagger import DaggerSettings
     from harness.default.prepare import TinySettings
     from harness.default.sft import SFTSettings
@@ -110,6 +111,8 @@ def tiny_settings(cfg):
                                 bucket=t.sft_bucket),
         student_demos=t.student_demos, student_source=t.student_source, layout=cfg.prompt.layout, renamed_copies=t.renamed_copies,
         rename_lamps=t.rename_lamps, engine_corpus=t.engine_corpus, counterfactuals=t.counterfactuals, seed=0,
+        curriculum=CurriculumSettings(steps=t.curriculum_steps, batch_size=t.curriculum_batch_size, lr=t.curriculum_lr,
+                                      edits=t.curriculum_edits, mix=t.curriculum_mix),
         dagger=DaggerSettings(rounds=t.dagger_rounds, games=t.dagger_games, steps=t.dagger_steps, lr=t.dagger_lr,
                               dagger_share=t.dagger_share, student_states=t.dagger_student_states,
                               judge_turns=t.dagger_judge_turns, judge_per_episode=t.dagger_judge_per_episode))

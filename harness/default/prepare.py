@@ -23,6 +23,7 @@ import torch
 
 from harness import cache
 from harness.agent.prompt import PromptSettings
+from harness.default.curriculum import CurriculumSettings, heldout_report
 from harness.default.dagger import DaggerSettings
 from harness.default.sft import SFTSettings, action_accuracy, demo_data, train_sft
 from harness.default.tiny import (
@@ -71,6 +72,9 @@ class TinySettings:
     """Counterfactual copies of search turns in the teacher's SFT data (harness/default/counterfactual.py):
     a demonstration's prefix with the target put into or taken out of the list in view, labelled
     by the expert (0: none)."""
+    curriculum: CurriculumSettings = field(default_factory=CurriculumSettings)
+    """One-message search examples before (and optionally among) the teacher's SFT data
+    (harness/default/curriculum.py); inactive (steps = mix = 0) as shipped."""
     engine_corpus: bool = False
     """The tokenizer's corpus also holds what the engine prints to failing and idle commands
     (harness/envs/corpus.py); off, "Nothing happens." tokenizes as `nothing <unk> .`."""
@@ -118,6 +122,8 @@ RESULT_NEUTRAL_SFT = ("checkpoint_every",)  # how often a build saves; not what 
 def _key_view(settings: TinySettings) -> dict:
     """asdict(settings) as keys see it: legacy-default knobs and result-neutral ones left out."""
     view = {k: v for k, v in asdict(settings).items() if not (k in LEGACY_DEFAULTS and v == LEGACY_DEFAULTS[k])}
+    if not settings.curriculum.active:
+        view.pop("curriculum")  # no stage: the builds made before the knob
     for name in ("teacher_sft", "student_sft"):
         view[name] = {k: v for k, v in view[name].items() if k not in RESULT_NEUTRAL_SFT
                       and not (k in LEGACY_SFT_DEFAULTS and v == LEGACY_SFT_DEFAULTS[k])}
@@ -255,9 +261,10 @@ def _train_games(suite_root: Path, settings: TinySettings) -> list:
 
 
 def _sft(role: str, spec: TinyModelSpec, sft: SFTSettings, data, heldout_data, tokenizer, out: Path,
-         seed: int, log, device: str = "cpu", partial: Path | None = None) -> tuple[dict, object]:
+         seed: int, log, device: str = "cpu", partial: Path | None = None, model=None) -> tuple[dict, object]:
+    """SFT of a fresh model of `spec` (or of `model`, e.g. after the curriculum), saved to out/role."""
     t0 = time.perf_counter()
-    model = build_tiny_model(spec, tokenizer, seed=seed).to(device)
+    model = build_tiny_model(spec, tokenizer, seed=seed).to(device) if model is None else model
     params = sum(p.numel() for p in model.parameters())
     every = max(1, sft.steps // 10)
 
@@ -278,14 +285,30 @@ def _sft(role: str, spec: TinyModelSpec, sft: SFTSettings, data, heldout_data, t
     return report, model
 
 
+def _teacher_episodes(train: list[dict], settings: TinySettings) -> list[dict]:
+    """The teacher's train demonstrations and their renamed copies."""
+    return train + renamed_copies(train, settings.renamed_copies, settings.seed, settings.rename_lamps)
+
+
+def _curriculum_sample(episodes, tokenizer, settings: TinySettings, prompt: PromptSettings, count: int | None):
+    """The curriculum's one-message examples of the teacher's train episodes (all, or a seeded
+    `count` of them)."""
+    from harness.default.curriculum import curriculum_data
+
+    data = curriculum_data(episodes, tokenizer, prompt, settings.curriculum.edits, settings.seed)
+    return data if count is None else random.Random(settings.seed).sample(data, min(count, len(data)))
+
+
 def _teacher_data(demos, tokenizer, settings: TinySettings, prompt: PromptSettings, extra_teacher_data):
     """(the teacher's SFT data, the held-out demonstrations' data)."""
     from harness.default.counterfactual import counterfactual_episodes
 
     heldout, train = _split(demos, settings)
-    episodes = train + renamed_copies(train, settings.renamed_copies, settings.seed, settings.rename_lamps)
-    episodes += counterfactual_episodes(episodes, settings.counterfactuals, settings.seed)
-    teacher_data = demo_data(episodes, tokenizer, prompt, settings.layout)
+    episodes = _teacher_episodes(train, settings)
+    teacher_data = demo_data(episodes + counterfactual_episodes(episodes, settings.counterfactuals, settings.seed),
+                             tokenizer, prompt, settings.layout)
+    if settings.curriculum.mix > 0:
+        teacher_data += _curriculum_sample(episodes, tokenizer, settings, prompt, settings.curriculum.mix)
     if extra_teacher_data is not None:
         teacher_data += extra_teacher_data(tokenizer, train)
     return teacher_data, demo_data(heldout, tokenizer, prompt, settings.layout)
@@ -355,6 +378,36 @@ def _build_dagger_round(suite_root: Path, out: Path, base_dir: Path, previous: P
     return report
 
 
+def _curriculum_stage(demos, tokenizer, settings: TinySettings, prompt: PromptSettings, log, device: str,
+                      partial: Path | None) -> tuple[dict, object]:
+    """A fresh teacher trained `curriculum.steps` steps on the one-message search examples
+    (harness/default/curriculum.py). Skipped when the teacher's SFT has a checkpoint to resume
+    from: that checkpoint holds the model and random state the stage would give it again."""
+    started = time.perf_counter()
+    model = build_tiny_model(settings.teacher, tokenizer, seed=settings.seed).to(device)
+    if partial is not None and (partial / "teacher-sft.pt").exists():
+        return {"skipped": "the teacher's SFT resumes from its checkpoint"}, model
+    c = settings.curriculum
+    data = _curriculum_sample(_teacher_episodes(_split(demos, settings)[1], settings), tokenizer, settings, prompt,
+                              None)
+    sft = SFTSettings(steps=c.steps, batch_size=c.batch_size, lr=c.lr, warmup_steps=c.warmup_steps, seed=settings.seed)
+    every = max(1, c.steps // 5)
+
+    def progress(r: dict) -> None:
+        if "step" in r and r["step"] % every == 0:
+            log(f"prepare: teacher curriculum step {r['step']}/{c.steps} loss {r['loss']:.3f}")
+
+    losses = train_sft(model, data, sft, tokenizer.pad_token_id, log=progress,
+                       checkpoint=None if partial is None else partial / "teacher-curriculum.pt")
+    heldout = heldout_report(model, _split(demos, settings)[0], tokenizer, prompt, tokenizer.pad_token_id, "full",
+                             settings.seed)  # the stage's own format: one message
+    report = {"examples": len(data), "final_loss": losses[-1], "heldout_search_first_token": heldout,
+              "build_s": time.perf_counter() - started}
+    log(f"prepare: teacher curriculum ({len(data)} one-message examples, {c.steps} steps) in {report['build_s']:.0f} s; "
+        f"held-out first reply token right: take {heldout['take']:.2f}, go on {heldout['go_on']:.2f}")
+    return report, model
+
+
 def _build_teacher(suite_root: Path, out: Path, settings: TinySettings, prompt: PromptSettings,
                    extra_teacher_data, extra_words: list[str], teacher_report, log, device: str = "cpu",
                    partial: Path | None = None) -> dict:
@@ -369,8 +422,15 @@ def _build_teacher(suite_root: Path, out: Path, settings: TinySettings, prompt: 
         "steps", "last"])
     teacher_data, heldout_data = _teacher_data(demos, tokenizer, settings, prompt, extra_teacher_data)
     report: dict = {"demos": len(demos), "teacher_examples": len(teacher_data), "vocab": len(tokenizer)}
+    heldout = _split(demos, settings)[0]
+    model = None
+    if settings.curriculum.steps > 0:
+        report["curriculum"], model = _curriculum_stage(demos, tokenizer, settings, prompt, log, device, partial)
     report["teacher"], teacher = _sft("teacher", settings.teacher, settings.teacher_sft, teacher_data, heldout_data,
-                                      tokenizer, out, settings.seed, log, device, partial)
+                                      tokenizer, out, settings.seed, log, device, partial, model)
+    report["teacher"]["heldout_search_first_token"] = heldout_report(teacher, heldout, tokenizer, prompt,
+                                                                     tokenizer.pad_token_id, settings.layout,
+                                                                     settings.seed)
     if teacher_report is not None:
         report["teacher_judge"] = teacher_report(teacher, tokenizer)
         log(f"prepare: teacher judge accuracy on held-out turns: {report['teacher_judge']}")
