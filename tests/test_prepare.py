@@ -123,7 +123,7 @@ def test_new_knobs_at_their_legacy_value_keep_every_cache_key(tmp_path):
     view = _key_view(legacy)
     assert "engine_corpus" not in view and "bucket" not in view["teacher_sft"]
     assert "checkpoint_every" not in view["student_sft"]
-    assert set(asdict(legacy)) - set(view) == {"engine_corpus", "student_source", "counterfactuals"}
+    assert set(asdict(legacy)) - set(view) == {"engine_corpus", "student_source", "counterfactuals", "curriculum"}
 
     def key(settings):
         return _cache_key(tmp_path, settings, PromptSettings(), "")
