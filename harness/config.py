@@ -189,6 +189,9 @@ class TrainConfig:
     top_p: float | None = None  # deprecated: rollout.top_p
     checkpoint_every: int = 10
     chunk_size: int = 1024  # positions per vocabulary chunk in scoring
+    scoring_tokens: int | None = 2048  # positions (rows x longest) per model forward in scoring and judging:
+                                       # rows grouped by length, no padding mask (scoring.context_hidden);
+                                       # null: a whole micro-batch per forward
     stop_after: int | None = None  # stop (as if preempted) after this many steps; for tests
     max_turns: int | None = None  # training rollouts end after at most this many turns (null: env.max_steps);
                                   # evaluation always plays env.max_steps

@@ -202,7 +202,8 @@ def make_judge(cfg):
     settings = judge_settings(cfg)
 
     def judge(teacher, tokenizer, trajectories):
-        result = judge_turns(teacher, tokenizer, trajectories, settings, batch_size=cfg.judge.batch_size)
+        result = judge_turns(teacher, tokenizer, trajectories, settings, batch_size=cfg.judge.batch_size,
+                             group_tokens=cfg.train.scoring_tokens)
         keys = [tuple(k) for k in result.turn_keys]
         return ({k: result.probs_U_3[i] for i, k in enumerate(keys)},
                 {k: bool(result.valid_U[i]) for i, k in enumerate(keys)})
@@ -235,6 +236,9 @@ def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
         logger = make_logger(cfg.logger, run_dir, config)  # a missing package fails here, before any work
         method = methods.get(cfg.method.name, **_method_knobs(cfg))
         rollout_settings(cfg)  # a bad rollout.* (backend=vllm, temperature 0) fails here, before any work
+        if cfg.train.scoring_tokens is not None and cfg.train.scoring_tokens < 1:
+            raise ValueError(f"train.scoring_tokens must be >= 1 (positions per model forward in scoring) or null "
+                             f"(a whole micro-batch per forward), got {cfg.train.scoring_tokens}")
         if cfg.mode == "train":
             check_sampling(method, cfg.rollout)
         root, suite_hash = data_root(cfg)

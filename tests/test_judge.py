@@ -178,6 +178,9 @@ def test_one_padded_batch_equals_each_prompt_alone(tokenizer, model):
     for batch_size in (1, 4):
         again = judge_turns(model, tokenizer, TRAJECTORIES, SETTINGS, batch_size=batch_size)
         torch.testing.assert_close(again.probs_U_3, result.probs_U_3, atol=1e-5, rtol=0)
+    for group_tokens in (1, 120):  # a forward per prompt; a few short prompts per forward
+        again = judge_turns(model, tokenizer, TRAJECTORIES, SETTINGS, batch_size=4, group_tokens=group_tokens)
+        torch.testing.assert_close(again.probs_U_3, result.probs_U_3, atol=1e-5, rtol=0)
     spread = result.probs_U_3[result.valid_U]
     assert (spread - spread[0]).abs().max() > 1e-4  # distinct prompts give distinct rows
 

@@ -11,7 +11,15 @@ import torch.nn.functional as F
 
 from harness.agent.trajectory import Datum, collate
 from harness.default.tiny import TinyModelSpec, build_tiny_model, build_tokenizer
-from harness.loop.scoring import model_parts, sequence_logprobs, student_pass, teacher_pass
+from harness.loop.scoring import (
+    Positions,
+    context_hidden,
+    model_parts,
+    row_groups,
+    sequence_logprobs,
+    student_pass,
+    teacher_pass,
+)
 from methods.estimators import token_loss
 from methods.method import Method
 
@@ -160,6 +168,66 @@ def test_chunked_equals_naive_values_and_gradients(tokenizer, teacher, student, 
         for grad, grad_ref in zip([p.grad for p in params], grads_ref, strict=True):
             torch.testing.assert_close(grad, grad_ref, atol=1e-5, rtol=1e-4)
     assert kl_ref.abs().sum() > 0.1  # random models disagree, so the comparison means something
+
+
+def test_row_groups_by_hand():
+    # lengths 5, 0, 3, 9, 4: row 1 has nothing to score; ascending order is rows 2, 4, 0, 3
+    assert row_groups([5, 0, 3, 9, 4], 10) == [[2, 4], [0], [3]]  # 2 x 4 = 8 <= 10; 2 x 5 > 10; 9 alone
+    assert row_groups([5, 0, 3, 9, 4], 15) == [[2, 4, 0], [3]]  # 3 x 5 = 15 fits, 2 x 9 = 18 does not
+    assert row_groups([5, 0, 3, 9, 4], 1) == [[2], [4], [0], [3]]  # each row alone, even over the budget
+    assert row_groups([5, 0, 3, 9, 4], None) == [[2, 4, 0, 3]]
+    assert row_groups([0, 0], 8) == []
+    with pytest.raises(ValueError, match="scoring_tokens"):
+        row_groups([3], 0)
+
+
+@pytest.mark.parametrize("group_tokens", [1, 40, None])
+def test_grouped_unmasked_forwards_equal_the_padded_masked_batch(tokenizer, teacher, student, group_tokens):
+    """Rows of lengths 29, 14 and 9, run one by one, in groups or all at once without a padding
+    mask, give the models' own masked forward: values and gradients."""
+    vocab = len(tokenizer)
+    short = [("prompt", 3), ("response", 2), ("prompt", 2), ("response", 2)]
+    batch = batch_of(tokenizer, make_datum(THREE_TURNS, vocab, 11), make_datum(TWO_TURNS, vocab, 12, index=1),
+                     make_datum(short, vocab, 13, index=2))
+    assert batch["attention_mask_B_T"].sum(1).tolist() == [32, 14, 9]
+    params = [p for p in student.parameters() if p.requires_grad]
+    student.zero_grad()
+    loss_ref, logp_ref, kl_ref = naive_scores(student, teacher, batch, "full_kl")
+    loss_ref.sum().backward()
+    grads_ref = [p.grad.clone() for p in params]
+    student.zero_grad()
+    teacher_out = teacher_pass(teacher, batch, keep_vocab=vocab, group_tokens=group_tokens)
+    with torch.no_grad():
+        teacher_logp_ref = F.log_softmax(teacher(**{"input_ids": batch["tokens_B_T"],
+                                                    "attention_mask": batch["attention_mask_B_T"]}).logits, -1)
+    mask = batch["response_mask_B_T"][:, 1:] > 0
+    sampled = batch["tokens_B_T"][:, 1:][mask]
+    torch.testing.assert_close(teacher_out.logp_N, teacher_logp_ref[:, :-1][mask].gather(1, sampled[:, None])[:, 0],
+                               atol=1e-5, rtol=0)
+    out = student_pass(student, model_parts(teacher)[1], batch, teacher_out, method=Method("test"),
+                       group_tokens=group_tokens)
+    torch.testing.assert_close(out.token_loss_B_T, loss_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.kl_B_T, kl_ref, atol=1e-5, rtol=0)
+    out.token_loss_B_T.sum().backward()
+    for grad, grad_ref in zip([p.grad for p in params], grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref, atol=1e-5, rtol=1e-4)
+    every = sequence_logprobs(student, batch, which="all", group_tokens=group_tokens)
+    torch.testing.assert_close(every, sequence_logprobs(student, batch, which="all"), atol=1e-5, rtol=0)
+
+
+def test_a_mask_that_is_not_right_padding_is_kept(tokenizer, teacher):
+    """Left padding: real tokens come after pads, so the mask matters and context_hidden keeps it."""
+    ids = torch.tensor([[9, 10, 11, 12, 13, 14], [0, 0, 0, 20, 21, 22]])
+    attention = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1]])
+    batch = {"tokens_B_T": ids, "attention_mask_B_T": attention}
+    positions = Positions(torch.tensor([0, 1, 1]), torch.tensor([6, 5, 6]), (2, 6))
+    body, _ = model_parts(teacher)
+    with torch.no_grad():
+        got = context_hidden(body, batch, positions, group_tokens=1)
+        masked = body(input_ids=ids, attention_mask=attention).last_hidden_state
+        unmasked = body(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(got, masked[[0, 1, 1], [5, 4, 5]], atol=1e-6, rtol=0)
+    assert (unmasked[1, 4:] - masked[1, 4:]).abs().max() > 1e-3  # without the mask row 1 would differ
 
 
 def test_masks_cover_exactly_the_sampled_tokens(tokenizer, teacher, student):

@@ -1,6 +1,7 @@
-"""Scoring figures from one run: one-pass vs per-turn teacher throughput, chunked vs naive memory.
+"""Scoring figures from one run: one-pass vs per-turn teacher throughput, chunked vs naive memory,
+grouped unmasked forwards vs one masked forward per micro-batch.
 
-    python -m harness.bench.scoring [--part speed|memory|all] [--tokens 4096] [--device cpu]
+    python -m harness.bench.scoring [--part speed|memory|grouping|all] [--tokens 4096] [--device cpu]
 
 speed:  the tiny default teacher scores 10-turn trajectories (`full` layout) in one forward pass
         per trajectory, against one forward per turn over that turn's prefix (what a per-turn
@@ -13,6 +14,11 @@ memory: teacher + student scoring with the full-vocabulary KL and its backward a
         /proc/self/clear_refs just before) minus the resident size before; torch frees big
         tensors straight back to the OS (mmap), so the peak follows the live tensors. On CUDA it
         is torch.cuda.max_memory_allocated above the memory allocated before.
+grouping: an `opd` step's scoring and update on the default pair's shapes (tiny teacher and
+        student, 16 trajectories of 22-30 turns, about 1,000-1,400 tokens each): teacher pass,
+        student pass with the full-vocabulary KL and its backward, with the padding mask over the
+        whole micro-batch (before train.scoring_tokens), without it, and in groups of
+        --group-tokens positions (the default); the largest difference in loss and gradients.
 """
 
 from __future__ import annotations
@@ -28,7 +34,14 @@ import time
 import torch
 
 from harness.agent.trajectory import Datum, collate
-from harness.default.tiny import TEACHER_SPEC, TinyModelSpec, build_tiny_model, build_tokenizer
+from harness.default.tiny import (
+    STUDENT_SPEC,
+    TEACHER_SPEC,
+    TinyModelSpec,
+    build_tiny_model,
+    build_tokenizer,
+)
+from harness.loop import scoring
 from harness.loop.scoring import model_parts, student_pass, teacher_pass
 
 STUDENT_ROWS, TEACHER_ROWS = 151_936, 152_064  # Qwen2.5-1.5B and -7B embedding rows
@@ -212,11 +225,69 @@ def memory(args: argparse.Namespace) -> None:
     )
 
 
+def grouping(args: argparse.Namespace) -> None:
+    from unittest import mock
+
+    from methods import get as get_method
+
+    tokenizer = build_tokenizer()
+    teacher = build_tiny_model(TEACHER_SPEC, tokenizer, seed=0).eval().requires_grad_(False)
+    student = build_tiny_model(STUDENT_SPEC, tokenizer, seed=1)
+    vocab = len(tokenizer)
+    rng = torch.Generator().manual_seed(0)
+    turns = torch.randint(22, 31, (16,), generator=rng).tolist()
+    batch = collate([trajectory(rng, vocab, t, 150, 8, 36) for t in turns], tokenizer.pad_token_id)
+    lengths = batch["attention_mask_B_T"].sum(1)
+    params = [p for p in student.parameters() if p.requires_grad]
+    method, head = get_method("opd"), model_parts(teacher)[1]
+
+    def step(group_tokens: int | None) -> tuple[list[float], float, torch.Tensor]:
+        start = time.perf_counter()
+        t_out = teacher_pass(teacher, batch, keep_vocab=vocab, group_tokens=group_tokens)
+        scored = time.perf_counter()
+        out = student_pass(student, head, batch, t_out, method=method, group_tokens=group_tokens)
+        loss = out.token_loss_B_T.sum() / batch["response_mask_B_T"].sum()
+        forward = time.perf_counter()
+        student.zero_grad()
+        loss.backward()
+        done = time.perf_counter()
+        return [scored - start, forward - scored, done - forward], loss.item(), torch.cat([p.grad.flatten() for p in params])
+
+    def masked() -> tuple[list[float], float, torch.Tensor]:
+        with mock.patch.object(scoring, "_right_padded", lambda attention: False):  # the mask, as before
+            return step(None)
+
+    variants = {"masked micro-batch": masked, "unmasked micro-batch": lambda: step(None),
+                f"groups of {args.group_tokens}": lambda: step(args.group_tokens)}
+    best: dict[str, list[float]] = {}
+    results = {}
+    for _ in range(args.repeats + 1):  # the first round warms up
+        for name, run in variants.items():
+            parts, loss, grad = run()
+            if name in results:
+                best[name] = min(best.get(name, parts), parts, key=sum)
+            results[name] = (loss, grad)
+    print(f"== scoring groups: teacher {TEACHER_SPEC.layers}x{TEACHER_SPEC.hidden}, student {STUDENT_SPEC.layers}x"
+          f"{STUDENT_SPEC.hidden}, 16 trajectories of {int(lengths.min())}-{int(lengths.max())} tokens, "
+          f"{int(batch['response_mask_B_T'].sum())} response tokens, {torch.get_num_threads()} threads, "
+          f"best of {args.repeats} ==")
+    ref_loss, ref_grad = results["masked micro-batch"]
+    for name, parts in best.items():
+        loss, grad = results[name]
+        print(f"  {name:22s} teacher {parts[0]:.2f} s, student forward {parts[1]:.2f} s, backward {parts[2]:.2f} s, "
+              f"total {sum(parts):.2f} s; |d loss| {abs(loss - ref_loss):.1e}, max |d grad| "
+              f"{(grad - ref_grad).abs().max():.1e}")
+    total = {name: sum(parts) for name, parts in best.items()}
+    print(f"  scoring speed-up, groups of {args.group_tokens} vs masked micro-batch: "
+          f"{total['masked micro-batch'] / total[f'groups of {args.group_tokens}']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--part", choices=("speed", "memory", "all"), default="all")
+    parser.add_argument("--part", choices=("speed", "memory", "grouping", "all"), default="all")
+    parser.add_argument("--group-tokens", type=int, default=2048, help="positions per forward (grouping)")
     parser.add_argument("--batch", type=int, default=8, help="trajectories per batch (speed)")
     parser.add_argument("--turns", type=int, default=10, help="turns per trajectory (speed)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats, best kept (speed)")
@@ -241,6 +312,8 @@ def main() -> None:
         speed(args)
     if args.part in ("memory", "all"):
         memory(args)
+    if args.part in ("grouping", "all"):
+        grouping(args)
 
 
 if __name__ == "__main__":

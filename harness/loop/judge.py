@@ -22,7 +22,7 @@ from torch import Tensor
 from harness.agent.rollout import chat_tokens
 from harness.agent.trajectory import Trajectory
 from harness.envs.alfworld import WORDING
-from harness.loop.scoring import model_parts
+from harness.loop.scoring import Positions, context_hidden, model_parts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
@@ -218,11 +218,13 @@ def turn_is_judged(turn) -> bool:
 
 @torch.no_grad()
 def label_probs(teacher, prompts: list[list[int]], label_ids: list[int], *, pad_id: int,
-                batch_size: int = 32, device: torch.device | str | None = None) -> Tensor:
+                batch_size: int = 32, device: torch.device | str | None = None,
+                group_tokens: int | None = None) -> Tensor:
     """(N, 3) probabilities over the label tokens at the end of each prompt, float32 on CPU.
 
-    Prompts are sorted by length and right-padded in batches of `batch_size`; only the last
-    prompt position goes through the output head (a V-wide row per prompt, never per token).
+    Prompts are sorted by length and right-padded in batches of `batch_size`, each batch run in
+    groups of at most `group_tokens` positions (scoring.context_hidden); only the last prompt
+    position goes through the output head (a V-wide row per prompt, never per token).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -242,10 +244,10 @@ def label_probs(teacher, prompts: list[list[int]], label_ids: list[int], *, pad_
             for b, i in enumerate(rows):
                 ids_B_T[b, : len(prompts[i])] = torch.tensor(prompts[i], dtype=torch.long)
                 attention_B_T[b, : len(prompts[i])] = 1
-            hidden_B_T_D = body(input_ids=ids_B_T.to(device), attention_mask=attention_B_T.to(device),
-                                use_cache=False).last_hidden_state
-            last_B = attention_B_T.sum(1).to(device) - 1
-            hidden_B_D = hidden_B_T_D[torch.arange(len(rows), device=device), last_B]
+            # the hidden state that predicts position len(prompt): the prompt's last one
+            ends = Positions(torch.arange(len(rows)), attention_B_T.sum(1), (len(rows), width))
+            hidden_B_D = context_hidden(body, {"tokens_B_T": ids_B_T, "attention_mask_B_T": attention_B_T}, ends,
+                                        group_tokens)
             logits_B_3 = head(hidden_B_D).float().index_select(1, index_3)
             probs_N_3[rows] = torch.softmax(logits_B_3, dim=-1).cpu()
     finally:
@@ -286,7 +288,7 @@ def align_to_batch(probs_by_key: dict[TurnKey, Tensor], turn_keys_U: Tensor) -> 
 
 def judge_turns(teacher, tokenizer, trajectories: list[Trajectory], settings: JudgeSettings, *,
                 batch_size: int = 32, device: torch.device | str | None = None,
-                trajectory_ids: list[int] | None = None) -> JudgeResult:
+                trajectory_ids: list[int] | None = None, group_tokens: int | None = None) -> JudgeResult:
     """Skip/Weak/Strong probabilities of every turn of `trajectories` (trajectory 0's turns first).
 
     `trajectory_ids` numbers the trajectories as their Datum.trajectory_index (default 0..n-1).
@@ -315,7 +317,7 @@ def judge_turns(teacher, tokenizer, trajectories: list[Trajectory], settings: Ju
     probs_U_3 = torch.tensor([[0.0, 0.0, 1.0]]).repeat(len(keys), 1)
     if prompts:
         probs_U_3[valid_U] = label_probs(teacher, prompts, label_ids, pad_id=chat.pad_id,
-                                         batch_size=batch_size, device=device)
+                                         batch_size=batch_size, device=device, group_tokens=group_tokens)
     return JudgeResult(probs_U_3, valid_U, keys)
 
 

@@ -199,7 +199,7 @@ def train_step(step: int, cfg, models: Models, method: Method, games: list[GameI
     micro = [collate(chunk, pad_id) for chunk in _micro_batches(data, cfg.train.micro_batch_size)]
     started = time.perf_counter()
     teacher_outs = [scoring.teacher_pass(models.teacher, b, keep_vocab=models.keep_vocab, chunk_size=cfg.train.chunk_size,
-                                         temperature=method.temperature)
+                                         temperature=method.temperature, group_tokens=cfg.train.scoring_tokens)
                     if method.needs_teacher_logits else None for b in micro]
     times["scoring"] += time.perf_counter() - started
 
@@ -223,7 +223,8 @@ def train_step(step: int, cfg, models: Models, method: Method, games: list[GameI
     for b, t_out, mb in zip(micro, teacher_outs, batches, strict=True):
         b = {k: v.to(device) for k, v in b.items()}
         # the method's own token loss (sft: NLL of the policy's tokens, no teacher)
-        out = scoring.student_pass(models.student, teacher_head, b, t_out, method=method, chunk_size=cfg.train.chunk_size)
+        out = scoring.student_pass(models.student, teacher_head, b, t_out, method=method, chunk_size=cfg.train.chunk_size,
+                                    group_tokens=cfg.train.scoring_tokens)
         if out.kl_B_T is not None:
             kls.append((out.kl_B_T.cpu() * mb.response_mask_B_T).sum().item())
         loss, batch_stats = method.loss(replace(_on_device(mb, device), token_loss_B_T=out.token_loss_B_T,
