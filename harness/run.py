@@ -253,7 +253,8 @@ def run(cfg, run_dir: str | os.PathLike, log=print) -> dict:
             return {"status": "prepared", **info}
         prompt = prompt_settings(cfg)
         with EnvPool(num_workers=cfg.env.num_workers, max_steps=cfg.env.max_steps, environment=cfg.env.name,
-                     with_plan=method.gate == "oracle", fast_engine=cfg.env.fast_engine) as pool:
+                     with_plan=method.gate == "oracle", fast_engine=cfg.env.fast_engine,
+                     engine_cache_dir=cache_root(cfg.cache_dir) / "engine" if cfg.env.engine_disk_cache else None) as pool:
             extra: dict = {"models": info, "games_skipped": skipped}
             if cfg.eval.eval_teacher:
                 extra["teacher_eval"] = evaluate(models.teacher, models.tokenizer, root, cfg, pool, prompt, log,

@@ -3,10 +3,17 @@ returns: full transcripts with and without it, over every task type, are identic
 
 from __future__ import annotations
 
+import json
+import os
+import pickle
+import zlib
+from pathlib import Path
+
 import pytest
 
 from harness.bench.engine import INVALID_COMMANDS, compare, games_per_task_type, play_transcripts
 from harness.envs import TASK_TYPES, EnvPool, discover_games
+from harness.envs.engine_cache import kept_path, kept_result
 from harness.envs.pool import default_num_workers
 
 
@@ -17,7 +24,9 @@ def test_transcripts_identical_with_and_without_the_fast_engine(small_suite):
     gamefiles = games_per_task_type(small_suite, "train", 1) + games_per_task_type(small_suite, "valid_unseen", 1)
     assert len(gamefiles) == 2 * len(TASK_TYPES)
     result = compare(gamefiles, seed=3, random_steps=24)
-    assert result["identical"] == result["games"] == 12
+    assert result["identical"] == result["games"] == 12  # unpatched == patched == patched over kept files
+    grammars = {json.loads(Path(g).read_text())["grammar"] for g in gamefiles}
+    assert result["kept_files"] == 2 * 12 + len(grammars)  # two translations a game, one parse a grammar
     assert result["steps"] > 12 * 24  # walkthroughs + random play, not a handful of steps
 
 
@@ -49,3 +58,42 @@ def test_default_num_workers_follows_the_slurm_allocation_then_the_affinity(monk
     assert default_num_workers() == 6
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
     assert default_num_workers() == len(os.sched_getaffinity(0))
+
+
+def test_kept_results_are_computed_once_and_recomputed_when_damaged(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"sas": "begin_version\n3\nend_version", "n": len(calls)}
+
+    parts = ["pddl2sas", "False", "(domain)", "(problem)"]
+    first = kept_result(tmp_path, "textworld", parts, compute)
+    again = kept_result(tmp_path, "textworld", parts, compute)
+    assert first == again == {"sas": "begin_version\n3\nend_version", "n": 1} and len(calls) == 1
+    path = kept_path(tmp_path, "textworld", parts)
+    assert pickle.loads(zlib.decompress(path.read_bytes())) == first
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    assert kept_path(tmp_path, "textworld", [*parts[:1], "True", *parts[2:]]) != path  # optimize is in the key
+    path.write_bytes(b"not a compressed pickle")  # damaged: computed again and replaced
+    assert kept_result(tmp_path, "textworld", parts, compute)["n"] == 2
+    assert kept_result(tmp_path, "textworld", parts, compute)["n"] == 2 and len(calls) == 2
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    assert kept_result(blocked, "textworld", parts, compute)["n"] == 3  # cannot keep: still the result
+
+
+def test_workers_keep_each_games_translations_and_grammar_in_the_given_folder(small_suite, tmp_path):
+    games = [g.gamefile for g in discover_games(small_suite, "valid_seen").games[:2]]
+    with EnvPool(num_workers=1, max_steps=5, engine_cache_dir=tmp_path) as pool:
+        first = pool.reset(games)
+    grammars = {json.loads(Path(g).read_text())["grammar"] for g in games}
+    assert len(list(tmp_path.glob("*/*.pkl.z"))) == 2 * 2 + len(grammars)
+    with EnvPool(num_workers=1, max_steps=5, engine_cache_dir=tmp_path) as pool:  # a later run reads them
+        pool.preload(games)  # in a thread at the lowest priority; the worker itself stays at its own
+        again = pool.reset(games)
+        (info,) = pool.worker_info()
+    assert pool.preloaded_resets == 2
+    assert info["engine_cache_dir"] == str(tmp_path) and info["preload_nice"] == 19 and info["nice"] == os.nice(0)
+    assert [s.text for s in again] == [s.text for s in first] and all(s.failed is None for s in again)
+    assert [s.admissible for s in again] == [s.admissible for s in first]

@@ -4,6 +4,8 @@ without it, and whether every transcript is identical, from one run.
     python -m harness.bench.engine [--quick] [--data-root DIR] [--games-per-type 3] [--random-steps 20]
 
 Each side runs in its own fresh process (the patch is process-wide) and plays the same games:
+unpatched, patched with a fresh folder of kept results (env.engine_disk_cache: the first
+run over these games, which writes them), and patched again over that folder (every later run).
 per game the walkthrough, then a second episode of seeded random admissible play with an
 invalid command every few steps. A transcript is every feedback text, admissible list, `won`
 and `done` of both episodes. Without --data-root it uses the default generated suite.
@@ -16,8 +18,10 @@ import json
 import multiprocessing as mp
 import random
 import sys
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 INVALID_COMMANDS = ("jump over the moon", "take unicorn 1 from sofa 9", "go to nowhere", "")
 
@@ -28,14 +32,14 @@ def _snapshot(state, done: bool) -> dict:
 
 
 def play_transcripts(gamefiles: list[str], patched: bool, seed: int = 0, random_steps: int = 20,
-                     invalid_every: int = 4) -> tuple[list[list[dict]], dict[str, list[float]]]:
+                     invalid_every: int = 4, disk_dir: str | None = None) -> tuple[list[list[dict]], dict[str, list[float]]]:
     """Play every game (walkthrough, then seeded random admissible play with invalid commands)
     in THIS process; returns (one transcript per game, {"reset": [s...], "step": [s...]})."""
     from harness.envs import engine_cache
     from harness.envs.alfworld import make_textworld_env
 
     if patched:
-        engine_cache.install()
+        engine_cache.install(disk_dir=disk_dir)
     argv, stdout = list(sys.argv), sys.stdout
     times: dict[str, list[float]] = defaultdict(list)
     transcripts = []
@@ -73,9 +77,10 @@ def play_transcripts(gamefiles: list[str], patched: bool, seed: int = 0, random_
     return transcripts, dict(times)
 
 
-def _play_in_fresh_process(gamefiles: list[str], patched: bool, seed: int, random_steps: int):
+def _play_in_fresh_process(gamefiles: list[str], patched: bool, seed: int, random_steps: int,
+                           disk_dir: str | None = None):
     with mp.get_context("spawn").Pool(1) as pool:
-        return pool.apply(play_transcripts, (gamefiles, patched, seed, random_steps))
+        return pool.apply(play_transcripts, (gamefiles, patched, seed, random_steps, 4, disk_dir))
 
 
 def games_per_task_type(data_root, split: str, per_type: int) -> list[str]:
@@ -90,10 +95,13 @@ def games_per_task_type(data_root, split: str, per_type: int) -> list[str]:
 
 
 def compare(gamefiles: list[str], seed: int = 0, random_steps: int = 20) -> dict:
-    """Both sides in fresh processes; the figures of one run."""
+    """The three sides in fresh processes; the figures of one run."""
     plain, plain_times = _play_in_fresh_process(gamefiles, False, seed, random_steps)
-    fast, fast_times = _play_in_fresh_process(gamefiles, True, seed, random_steps)
-    identical = sum(a == b for a, b in zip(plain, fast, strict=True))
+    with tempfile.TemporaryDirectory(prefix="engine-disk-") as disk:
+        fast, fast_times = _play_in_fresh_process(gamefiles, True, seed, random_steps, disk)
+        kept = len(list(Path(disk).glob("*/*.pkl.z")))
+        warm, warm_times = _play_in_fresh_process(gamefiles, True, seed, random_steps, disk)
+    identical = sum(a == b == c for a, b, c in zip(plain, fast, warm, strict=True))
 
     def ms(times: dict, kind: str) -> float:
         return 1000 * sum(times[kind]) / max(1, len(times[kind]))
@@ -103,6 +111,7 @@ def compare(gamefiles: list[str], seed: int = 0, random_steps: int = 20) -> dict
         "step_ms": (ms(plain_times, "step"), ms(fast_times, "step")),
         "reset_ms": (ms(plain_times, "reset"), ms(fast_times, "reset")),
         "load_ms": (ms(plain_times, "load"), ms(fast_times, "load")),
+        "warm_ms": {kind: ms(warm_times, kind) for kind in ("step", "reset", "load")}, "kept_files": kept,
     }
 
 
@@ -127,6 +136,10 @@ def main() -> None:
     print(f"step:  {r['step_ms'][0]:7.1f} ms unpatched   {r['step_ms'][1]:7.1f} ms patched   ({r['steps']} steps)")
     print(f"reset: {r['reset_ms'][0]:7.1f} ms unpatched   {r['reset_ms'][1]:7.1f} ms patched   ({2 * r['games']} resets)")
     print(f"load:  {r['load_ms'][0]:7.1f} ms unpatched   {r['load_ms'][1]:7.1f} ms patched   ({r['games']} loads)")
+    w = r["warm_ms"]
+    print(f"with the engine's results kept on disk ({r['kept_files']} files): step {w['step']:.1f} ms, "
+          f"reset {w['reset']:.1f} ms, load {w['load']:.1f} ms; "
+          f"load speed-up {r['load_ms'][0] / w['load']:.2f}x unpatched, {r['load_ms'][1] / w['load']:.2f}x patched")
     print(f"engine speed-up: {r['step_ms'][0] / r['step_ms'][1]:.2f}x (step), "
           f"{r['reset_ms'][0] / r['reset_ms'][1]:.2f}x (reset), {r['load_ms'][0] / r['load_ms'][1]:.2f}x (load)")
     print(f"identical transcripts: {r['identical']}/{r['games']}")

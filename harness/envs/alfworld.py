@@ -85,11 +85,11 @@ class ALFWorld:
     def discover(self, root: Path, split: str, task_types=None, on_malformed: str = "skip") -> games.GameList:
         return games.discover_games(root, split, task_types, on_malformed)
 
-    def setup_worker(self, fast_engine: bool) -> None:
+    def setup_worker(self, fast_engine: bool, cache_dir: str | None = None) -> None:
         if fast_engine:
             from harness.envs import engine_cache
 
-            engine_cache.install()
+            engine_cache.install(disk_dir=cache_dir)
 
     def make_game(self, gamefile: str, with_plan: bool) -> TextWorldGame:
         return TextWorldGame(gamefile, with_plan)

@@ -60,8 +60,9 @@ class Environment(Protocol):
         """The playable games of one split (a GameList: games and skipped folders with reasons)."""
         ...
 
-    def setup_worker(self, fast_engine: bool) -> None:
-        """Called once in each env worker process before any game is loaded."""
+    def setup_worker(self, fast_engine: bool, cache_dir: str | None = None) -> None:
+        """Called once in each env worker process before any game is loaded (`cache_dir`: a
+        folder the engine may keep pure results in across processes, or None)."""
         ...
 
     def make_game(self, gamefile: str, with_plan: bool) -> Game:

@@ -2,23 +2,40 @@
 reset/step requests.
 
 Runs in its own process (see pool.py for why). Envs are cached per game file (LRU) since
-loading a game costs ~260 ms and resetting one ~185 ms.
+loading a game costs ~260 ms and resetting one ~185 ms. A preload runs in a thread of its own at
+the lowest CPU priority (PRELOAD_NICE): it fills the time the caller's other work leaves idle
+instead of competing with it (on 2 cores a busy worker slows torch's two threads 2-3x), and it
+ends before the worker serves anything else (the pool waits for its answer first).
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import traceback
 from collections import OrderedDict
 
 from harness.envs.alfworld import make_textworld_env as _make_env  # noqa: F401  (harness/bench/engine.py)
 from harness.envs.base import get_environment
 
+PRELOAD_NICE = 19  # the preload thread's niceness (Linux: per thread); the worker's own stays as it is
+
+
+def _lower_this_threads_priority(nice: int) -> int | None:
+    """Set this thread's niceness; returns the niceness it then runs at (None: unknown)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    except (AttributeError, OSError):  # not Linux, or not allowed: the preload runs at normal priority
+        return None
+
 
 def worker_main(conn, with_plan: bool, cache_size: int, fast_engine: bool = True,
-                environment: str = "alfworld") -> None:
+                environment: str = "alfworld", engine_cache_dir: str | None = None) -> None:
     """Serve the games of `environment` (registered in base.py; `fast_engine`: its exact engine
-    speed-ups, engine_cache.py for ALFWorld, in this process): serve ("reset", [(slot, gamefile)]), ("step", [(slot, action)]), ("close", []) and
+    speed-ups, engine_cache.py for ALFWorld, in this process, with what they keep on disk in
+    `engine_cache_dir`): serve ("reset", [(slot, gamefile)]), ("step", [(slot, action)]), ("close", []) and
     ("preload", [(None, gamefile)]): load and reset envs ahead of time (while the caller is busy
     elsewhere), so a later "reset" of that game answers with the stored first state at once."""
     idle: OrderedDict[tuple[str, int], object] = OrderedDict()  # (gamefile, copy) -> env, LRU
@@ -26,19 +43,12 @@ def worker_main(conn, with_plan: bool, cache_size: int, fast_engine: bool = True
     fresh: dict[tuple[str, int], dict] = {}  # idle envs reset ahead of time -> their first state
     real_argv, real_stdout = list(sys.argv), sys.stdout
     env_kind = get_environment(environment)
-    env_kind.setup_worker(fast_engine)
-    while True:
-        try:
-            command, items = conn.recv()
-        except (EOFError, KeyboardInterrupt):
-            return
-        if command == "close":
-            return
-        if command == "info":
-            from harness.envs import engine_cache
+    env_kind.setup_worker(fast_engine, engine_cache_dir)
+    preloading: threading.Thread | None = None
+    preload_nice: list[int | None] = []  # the niceness the last preload ran at (worker_info)
 
-            conn.send({"fast_engine": engine_cache.installed(), "cached_envs": len(idle) + len(active)})
-            continue
+    def serve(command: str, items: list) -> bool:
+        """Answer one request (reset, preload, step); False when the caller is gone."""
         if command == "reset":
             # A slot gets its own engine: two slots playing the same game file never share one.
             for slot, _ in items:
@@ -85,4 +95,33 @@ def worker_main(conn, with_plan: bool, cache_size: int, fast_engine: bool = True
         try:
             conn.send(results)
         except (BrokenPipeError, EOFError, OSError):
-            return  # the pool's process is gone: nothing left to serve
+            return False  # the pool's process is gone: nothing left to serve
+        return True
+
+    def preload(items: list) -> None:
+        preload_nice[:] = [_lower_this_threads_priority(PRELOAD_NICE)]
+        serve("preload", items)
+
+    while True:
+        try:
+            command, items = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if preloading is not None:  # never two at work on the engine: the preload ends first
+            preloading.join()
+            preloading = None
+        if command == "close":
+            return
+        if command == "info":
+            from harness.envs import engine_cache
+
+            conn.send({"fast_engine": engine_cache.installed(), "cached_envs": len(idle) + len(active),
+                       "engine_cache_dir": engine_cache.disk_dir(), "preload_nice": preload_nice[0] if preload_nice else None,
+                       "nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id())})
+            continue
+        if command == "preload":
+            preloading = threading.Thread(target=preload, args=(items,), name="preload", daemon=True)
+            preloading.start()
+            continue
+        if not serve(command, items):
+            return
