@@ -2,9 +2,10 @@
 reset/step requests.
 
 Runs in its own process (see pool.py for why). Envs are cached per game file (LRU) since
-loading a game costs ~260 ms and resetting one ~185 ms. A preload runs in a thread of its own at
+loading a game costs 155 ms with the fast engine (26 ms from its kept files, 224 ms without it;
+`python -m harness.bench.engine`), more than a reset. A preload runs in a thread of its own at
 the lowest CPU priority (PRELOAD_NICE): it fills the time the caller's other work leaves idle
-instead of competing with it (on 2 cores a busy worker slows torch's two threads 2-3x), and it
+instead of competing with it (on 2 cores, a preload beside torch made the scoring 3x slower), and it
 ends before the worker serves anything else (the pool waits for its answer first).
 """
 
