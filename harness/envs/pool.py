@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from harness.envs.base import get_environment
-from harness.envs.worker import worker_main
+from harness.envs.worker import PRELOAD_NICE, worker_main
 
 
 @dataclass
@@ -48,11 +48,13 @@ def default_num_workers() -> int:
 class EnvPool:
     """Batched reset/step over envs held by `num_workers` processes (None: one per usable core).
     `fast_engine` applies the exact engine speed-ups (engine_cache.py) in the workers, keeping the
-    engine's translations of each game in `engine_cache_dir` when it is given."""
+    engine's translations of each game in `engine_cache_dir` when it is given. A preload runs at
+    niceness `preload_nice` (worker.py)."""
 
     def __init__(self, num_workers: int | None = None, max_steps: int = 30, with_plan: bool = False,
                  timeout_s: float = 300.0, cache_size: int = 64, fast_engine: bool = True,
-                 environment: str = "alfworld", engine_cache_dir: str | os.PathLike | None = None) -> None:
+                 environment: str = "alfworld", engine_cache_dir: str | os.PathLike | None = None,
+                 preload_nice: int = PRELOAD_NICE) -> None:
         if num_workers is None:
             num_workers = default_num_workers()
         if num_workers < 1:
@@ -63,6 +65,7 @@ class EnvPool:
         self.with_plan, self.timeout_s, self.cache_size = with_plan, timeout_s, cache_size
         self.fast_engine = fast_engine
         self.engine_cache_dir = str(engine_cache_dir) if engine_cache_dir is not None else None
+        self.preload_nice = preload_nice
         self.environment = get_environment(environment)  # an unknown name fails here, not in a worker
         self._environment_name = environment
         self._ctx = mp.get_context("spawn")  # fork after torch threads start is unsafe
@@ -80,7 +83,7 @@ class EnvPool:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=worker_main, args=(child, self.with_plan, self.cache_size, self.fast_engine, self._environment_name,
-                  self.engine_cache_dir),
+                  self.engine_cache_dir, self.preload_nice),
             daemon=True, name=f"alfworld-env-{w}",
         )
         proc.start()

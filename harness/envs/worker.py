@@ -33,7 +33,8 @@ def _lower_this_threads_priority(nice: int) -> int | None:
 
 
 def worker_main(conn, with_plan: bool, cache_size: int, fast_engine: bool = True,
-                environment: str = "alfworld", engine_cache_dir: str | None = None) -> None:
+                environment: str = "alfworld", engine_cache_dir: str | None = None,
+                preload_nice: int = PRELOAD_NICE) -> None:
     """Serve the games of `environment` (registered in base.py; `fast_engine`: its exact engine
     speed-ups, engine_cache.py for ALFWorld, in this process, with what they keep on disk in
     `engine_cache_dir`): serve ("reset", [(slot, gamefile)]), ("step", [(slot, action)]), ("close", []) and
@@ -46,7 +47,7 @@ def worker_main(conn, with_plan: bool, cache_size: int, fast_engine: bool = True
     env_kind = get_environment(environment)
     env_kind.setup_worker(fast_engine, engine_cache_dir)
     preloading: threading.Thread | None = None
-    preload_nice: list[int | None] = []  # the niceness the last preload ran at (worker_info)
+    ran_at: list[int | None] = []  # the niceness the last preload ran at (worker_info)
 
     def serve(command: str, items: list) -> bool:
         """Answer one request (reset, preload, step); False when the caller is gone."""
@@ -100,7 +101,7 @@ def worker_main(conn, with_plan: bool, cache_size: int, fast_engine: bool = True
         return True
 
     def preload(items: list) -> None:
-        preload_nice[:] = [_lower_this_threads_priority(PRELOAD_NICE)]
+        ran_at[:] = [_lower_this_threads_priority(preload_nice)]
         serve("preload", items)
 
     while True:
@@ -117,7 +118,7 @@ def worker_main(conn, with_plan: bool, cache_size: int, fast_engine: bool = True
             from harness.envs import engine_cache
 
             conn.send({"fast_engine": engine_cache.installed(), "cached_envs": len(idle) + len(active),
-                       "engine_cache_dir": engine_cache.disk_dir(), "preload_nice": preload_nice[0] if preload_nice else None,
+                       "engine_cache_dir": engine_cache.disk_dir(), "preload_nice": ran_at[0] if ran_at else None,
                        "nice": os.getpriority(os.PRIO_PROCESS, threading.get_native_id())})
             continue
         if command == "preload":
