@@ -79,8 +79,8 @@ class EnvConfig:
     max_steps: int = 30  # step cap per episode
     num_workers: int | None = None  # env worker processes; null = one per usable core (or the Slurm allocation)
     fast_engine: bool = True  # exact engine speed-ups in the env workers (harness/envs/engine_cache.py)
-    engine_disk_cache: bool = True  # with fast_engine: each game's Fast Downward translations kept in
-                                    # <cache_dir>/engine for every later run (about 32 kB a game)
+    engine_disk_cache: bool = True  # with fast_engine: each game's Fast Downward translations and grammar
+                                    # parse kept in <cache_dir>/engine for every later run (about 36 kB a game)
     on_malformed: str = "skip"  # skip (count) | error
     suite: SuiteConfig = field(default_factory=SuiteConfig)
 

@@ -37,7 +37,7 @@ from copy import deepcopy
 from pathlib import Path
 
 _INSTALLED = False
-_DISK: Path | None = None  # where translations are kept across processes (None: memory only)
+_DISK: Path | None = None  # where translations and grammar parses are kept across processes (None: memory only)
 
 
 def install(disk_dir: str | os.PathLike | None = None) -> bool:
@@ -137,12 +137,17 @@ def install(disk_dir: str | os.PathLike | None = None) -> bool:
     return True
 
 
+@functools.cache
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
 def kept_path(disk_dir: Path, package: str, parts: list[str]) -> Path:
     """Where the result of a pure function of `parts` (strings), computed by `package`, is kept:
     named by a hash of the package's version and the parts."""
-    from importlib.metadata import version
-
-    key = hashlib.sha256("\0".join([package, version(package), *parts]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([package, _version(package), *parts]).encode()).hexdigest()
     return disk_dir / key[:2] / f"{key}.pkl.z"
 
 
@@ -152,10 +157,8 @@ def kept_result(disk_dir: Path, package: str, parts: list[str], compute):
     path = kept_path(disk_dir, package, parts)
     try:
         return pickle.loads(zlib.decompress(path.read_bytes()))
-    except FileNotFoundError:
-        pass
     except (OSError, zlib.error, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
-        pass  # damaged (a crash cannot leave one: writes are atomic) or from another version
+        pass  # missing, unreadable or damaged (a crash cannot leave one: writes are atomic)
     result = compute()
     blob = zlib.compress(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL), 1)
     tmp = None

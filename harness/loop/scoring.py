@@ -153,22 +153,16 @@ def context_hidden(body: torch.nn.Module, batch: Batch, positions: Positions,
         hidden_B_L_D = body(input_ids=tokens_B_L.to(device), attention_mask=attention_B_L.to(device),
                             use_cache=False).last_hidden_state
         return hidden_B_L_D[batch_N.to(device), target_N.to(device) - 1]
-    batch_N, target_N = batch_N.cpu(), target_N.cpu()  # bookkeeping on the CPU, the forwards on `device`
-    need_B = torch.zeros(positions.shape[0], dtype=torch.long).scatter_reduce(0, batch_N, target_N, "amax")
-    pieces, order = [], []
-    row_in_group_B = torch.full_like(need_B, -1)
-    for rows in row_groups(need_B.tolist(), group_tokens):
-        row_in_group_B[rows] = torch.arange(len(rows))
-        picked_M = (row_in_group_B[batch_N] >= 0).nonzero().squeeze(1)
-        ids_G_L = tokens_B_L[rows, : int(need_B[rows].max())].to(device)
-        hidden_G_L_D = body(input_ids=ids_G_L, use_cache=False).last_hidden_state
-        pieces.append(hidden_G_L_D[row_in_group_B[batch_N[picked_M]].to(device), target_N[picked_M].to(device) - 1])
-        order.append(picked_M)
-        row_in_group_B[rows] = -1
-    hidden_N_D = torch.cat(pieces)
-    inverse_N = torch.empty(len(target_N), dtype=torch.long)
-    inverse_N[torch.cat(order)] = torch.arange(len(target_N))
-    return hidden_N_D[inverse_N.to(device)]
+    need_B = torch.zeros(positions.shape[0], dtype=torch.long).scatter_reduce(0, batch_N.cpu(), target_N.cpu(), "amax")
+    groups = row_groups(need_B.tolist(), group_tokens)
+    hidden_B_L_D = None
+    for rows in groups:
+        hidden_G_L_D = body(input_ids=tokens_B_L[rows, : int(need_B[rows].max())].to(device),
+                            use_cache=False).last_hidden_state
+        if hidden_B_L_D is None:  # rows without scored positions stay zero and are never read
+            hidden_B_L_D = hidden_G_L_D.new_zeros((*tokens_B_L.shape, hidden_G_L_D.shape[-1]))
+        hidden_B_L_D[rows, : hidden_G_L_D.shape[1]] = hidden_G_L_D
+    return hidden_B_L_D[batch_N.to(device), target_N.to(device) - 1]
 
 
 def _chunks(n: int, chunk_size: int) -> list[slice]:
